@@ -1,0 +1,35 @@
+# Set-up is part of every target: a clean clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU machines: the CPU wheel. On a GPU machine, install your CUDA torch into $(VENV)
+# first (`$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install torch`): an importable
+# torch is kept as it is.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftbench-installed
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+## The main job: the toy demo.
+demo: $(STAMP)
+	$(BIN)/ftbench presets
+	$(BIN)/ftbench info --size toy
+	$(BIN)/ftbench info --size 1.5b
+
+## The test suite as CI runs it (GPU tests are deselected by their marker).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,76 @@
+"""The baseline: a pre-norm decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ftbench.model.blocks import AttentionMask, Block, DecodeCache, RMSNorm, Rotary
+from ftbench.model.config import ModelConfig
+
+
+@dataclass
+class LMOutput:
+    logits_BTV: torch.Tensor
+    kl_BT: torch.Tensor | None = None
+    """Free Transformer only: KL(Q(Z_t|S) || uniform) in nats, zero where Z came from the prior."""
+    z_BT: torch.Tensor | None = None
+    """Free Transformer only: the code index used at every position."""
+    latent_logits_BTH: torch.Tensor | None = None
+    """Free Transformer only: the encoder's H bit logits (posterior mode)."""
+
+
+class BaselineDecoder(nn.Module):
+    arch = "baseline"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate(self.arch)
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
+                                                                 bias=False)
+
+    def new_cache(self, batch: int, max_len: int) -> DecodeCache:
+        p = self.tok_emb.weight
+        return DecodeCache(self.cfg, batch, max_len, p.dtype, p.device)
+
+    def _prepare(self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor | None,
+                 valid_BT: torch.Tensor | None, cache: DecodeCache | None):
+        B, T = tokens_BT.shape
+        start = cache.length if cache is not None else 0
+        if positions_BT is None:
+            positions_BT = torch.arange(start, start + T, device=tokens_BT.device).expand(B, T)
+        mask = AttentionMask.build(valid_BT, cache, T, tokens_BT.device)
+        return self.rotary(positions_BT), mask
+
+    def _run_blocks(self, x_BTD, first: int, last: int, rope, mask, cache):
+        for i in range(first, last):
+            x_BTD = self.blocks[i](x_BTD, rope, mask, cache.layers[i] if cache else None)
+        return x_BTD
+
+    def _logits(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        h_BTD = self.norm(x_BTD)
+        if self.lm_head is None:
+            return h_BTD @ self.tok_emb.weight.t()
+        return self.lm_head(h_BTD)
+
+    def forward(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
+                valid_BT: torch.Tensor | None = None,
+                cache: DecodeCache | None = None) -> LMOutput:
+        """Logits for every position.
+
+        positions_BT: rotary positions (default: consecutive from the cache's length);
+        valid_BT: False marks pad tokens, which no query attends to;
+        cache: filled in place and advanced by T.
+        """
+        rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
+        x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.cfg.n_layers, rope, mask, cache)
+        if cache is not None:
+            cache.length += tokens_BT.shape[1]
+        return LMOutput(self._logits(x_BTD))

@@ -1,0 +1,145 @@
+"""The Binary Mapper (paper section 3.4) and the KL of its code distribution.
+
+The encoder gives H logits L_t per token. Bits are sampled independently,
+P(B_h = 1) = sigmoid(L_h), and the code index is idx = sum_h 2^h b_h. The output is
+R_t = (Y_t + G_t - sg(G_t)) W_post, where Y_t is the one-hot of idx and G_t the
+probabilities of all 2^H codes (Eq. 8): the value is the gathered row W_post[idx],
+the gradient reaches L through every one of the 2^H codes.
+
+Neither the one-hot nor G is ever materialised for the whole batch: forward is a gather,
+backward walks the tokens in chunks so its memory depends on the chunk, not on the
+number of tokens times 2^H.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Bytes of fp32 scratch per chunk in the backward (two c x 2^H buffers).
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+_CODE_BITS: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def code_bits(n_bits: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """U: the (2^H, H) matrix whose row d holds the bits of d, least significant first."""
+    key = (n_bits, torch.device(device), dtype)
+    if key not in _CODE_BITS:
+        d = torch.arange(2**n_bits, device=device)
+        _CODE_BITS[key] = ((d[:, None] >> torch.arange(n_bits, device=device)) & 1).to(dtype)
+    return _CODE_BITS[key]
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision inputs are promoted: G is about 2^-H near the prior."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def sample_codes(logits_NH: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample idx_N = sum_h 2^h b_h with b_h ~ Bernoulli(sigmoid(L_h)).
+
+    Sampling happens at evaluation and prefill too: the paper keeps the VAE stochastic.
+    """
+    n_bits = logits_NH.shape[-1]
+    gen_device = generator.device if generator is not None else logits_NH.device
+    u_NH = torch.rand(logits_NH.shape, generator=generator, device=gen_device)
+    bits_NH = (u_NH.to(logits_NH.device) < torch.sigmoid(logits_NH.detach().float())).long()
+    weights_H = 2 ** torch.arange(n_bits, device=logits_NH.device)
+    return (bits_NH * weights_H).sum(-1)
+
+
+def sample_uniform_codes(shape, n_bits: int, device: torch.device,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """The prior: code indices uniform on {0 .. 2^H - 1}, i.i.d."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(0, 2**n_bits, shape, generator=generator, device=gen_device).to(device)
+
+
+def code_probabilities(logits_NH: torch.Tensor) -> torch.Tensor:
+    """G_N,2^H: the probability of every code, as a Kronecker product of the per-bit
+    (1-p, p) pairs. Costs about 2 * 2^H multiplies per token and no exp."""
+    p_NH = torch.sigmoid(_at_least_fp32(logits_NH))
+    G = torch.stack((1 - p_NH[:, 0], p_NH[:, 0]), dim=-1)
+    for h in range(1, p_NH.shape[1]):
+        # Bit h becomes the most significant so far: [codes with b_h = 0 | with b_h = 1].
+        G = torch.cat((G * (1 - p_NH[:, h:h + 1]), G * p_NH[:, h:h + 1]), dim=-1)
+    return G
+
+
+class _BinaryMapper(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits_NH, weight_CD, idx_N, chunk_tokens):
+        ctx.save_for_backward(logits_NH, weight_CD, idx_N)
+        ctx.chunk_tokens = chunk_tokens
+        return F.embedding(idx_N, weight_CD)
+
+    @staticmethod
+    def backward(ctx, grad_ND):
+        logits_NH, weight_CD, idx_N = ctx.saved_tensors
+        grad_logits = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            # Only Y carries value, so W_post's gradient is the embedding's scatter-add.
+            grad_weight = torch.zeros_like(weight_CD).index_add_(0, idx_N, grad_ND.to(weight_CD.dtype))
+        if ctx.needs_input_grad[0]:
+            grad_logits = _logits_grad(logits_NH, weight_CD, grad_ND, ctx.chunk_tokens)
+        return grad_logits, grad_weight, None, None
+
+
+def _logits_grad(logits_NH, weight_CD, grad_ND, chunk_tokens):
+    """dl/dL_{t,h} = sum_d a_{t,d} G_{t,d} (U_h(d) - sigmoid(L_{t,h})), a = g W_post^T."""
+    N, H = logits_NH.shape
+    n_codes = weight_CD.shape[0]
+    # [1 | U]: one matmul yields both rowsum(A) and A U.
+    work = _at_least_fp32(logits_NH).dtype
+    ones_U = torch.cat((torch.ones(n_codes, 1, device=logits_NH.device, dtype=work),
+                        code_bits(H, logits_NH.device, work)), dim=1)
+    grad_NH = torch.empty(N, H, dtype=work, device=logits_NH.device)
+    weight_t = weight_CD.t()
+    for s in range(0, N, chunk_tokens):
+        e = min(s + chunk_tokens, N)
+        a_cC = (grad_ND[s:e].to(weight_CD.dtype) @ weight_t).to(work)
+        a_cC.mul_(code_probabilities(logits_NH[s:e]))           # A = a * G, in place
+        sums = a_cC @ ones_U                                     # (c, 1 + H)
+        p_cH = torch.sigmoid(logits_NH[s:e].to(work))
+        grad_NH[s:e] = sums[:, 1:] - p_cH * sums[:, :1]
+    return grad_NH.to(logits_NH.dtype)
+
+
+def default_chunk_tokens(n_bits: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    return max(1, chunk_bytes // (2 * 4 * 2**n_bits))
+
+
+def binary_mapper(logits_NH: torch.Tensor, weight_CD: torch.Tensor, idx_N: torch.Tensor,
+                  chunk_tokens: int | None = None) -> torch.Tensor:
+    """R_N,D = W_post[idx] with the exact Eq. 8 gradient into the logits.
+
+    idx_N must be the codes sampled from these logits (see `sample_codes`).
+    """
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(logits_NH.shape[-1])
+    return _BinaryMapper.apply(logits_NH, weight_CD, idx_N, chunk_tokens)
+
+
+def dense_binary_mapper(logits_NH: torch.Tensor, weight_CD: torch.Tensor,
+                        idx_N: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 written literally with (N, 2^H) tensors: the reference the fast path is
+    tested and benchmarked against. Never use it for training at H = 16."""
+    U = code_bits(logits_NH.shape[-1], logits_NH.device, logits_NH.dtype)
+    log_G = F.logsigmoid(logits_NH) @ U.t() + F.logsigmoid(-logits_NH) @ (1 - U).t()
+    G = log_G.exp()
+    Y = F.one_hot(idx_N, weight_CD.shape[0]).to(G.dtype)
+    return (Y + G - G.detach()) @ weight_CD
+
+
+def kl_to_uniform(logits_NH: torch.Tensor) -> torch.Tensor:
+    """KL(Q(Z_t|S) || Uniform(2^H)) in nats per token: sum_h [log 2 - H_b(sigmoid(L_h))].
+
+    Exact because the bits are independent under Q and under the uniform prior.
+    """
+    x = _at_least_fp32(logits_NH)
+    p = torch.sigmoid(x)
+    neg_entropy = p * F.logsigmoid(x) + (1 - p) * F.logsigmoid(-x)
+    return (neg_entropy + math.log(2.0)).sum(-1)

@@ -1,0 +1,210 @@
+"""Building blocks shared by the baseline decoder and the Free Transformer.
+
+Shape legend for tensor-name suffixes: B batch, T tokens in this call, S key slots
+(cache included), D model width, Hq query heads, Hkv key/value heads, K head dim,
+F FFN hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftbench.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """Rotary tables, indexed by explicit positions so left-padded rows start at 0.
+
+    The tables are non-persistent buffers: a model built on the meta device gets real
+    values from `reset_tables()` after `to_empty()`.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.base = head_dim, max_seq_len, base
+        self.register_buffer("cos", torch.empty(max_seq_len, head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(max_seq_len, head_dim // 2), persistent=False)
+        if self.cos.device.type != "meta":
+            self.reset_tables()
+
+    def reset_tables(self) -> None:
+        half = self.head_dim // 2
+        inv_freq = 1.0 / (self.base ** (torch.arange(half, dtype=torch.float64) / half))
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64), inv_freq)
+        with torch.no_grad():
+            self.cos.copy_(angles.cos())
+            self.sin.copy_(angles.sin())
+
+    def forward(self, positions_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if int(positions_BT.max()) >= self.max_seq_len:
+            raise ValueError(f"position {int(positions_BT.max())} is beyond model.max_seq_len="
+                             f"{self.max_seq_len}; shorten the input or raise max_seq_len")
+        # (B, 1, T, K/2): broadcast over heads.
+        return self.cos[positions_BT].unsqueeze(1), self.sin[positions_BT].unsqueeze(1)
+
+
+def apply_rotary(x_BHTK: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Rotate-half layout (as in Hugging Face Llama), so weights export without permutation.
+    x1, x2 = x_BHTK.chunk(2, dim=-1)
+    cos, sin = cos.to(x_BHTK.dtype), sin.to(x_BHTK.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class KVCache:
+    """Static per-layer key/value buffers for generation (prefill, then one token a step)."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def write(self, start: int, k_BHTK: torch.Tensor, v_BHTK: torch.Tensor):
+        end = start + k_BHTK.shape[2]
+        self.k[:, :, start:end] = k_BHTK
+        self.v[:, :, start:end] = v_BHTK
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class DecodeCache:
+    """The caches of all decoder blocks plus which slots hold real (non-pad) tokens."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
+        self.layers = [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype, device)
+                       for _ in range(cfg.n_layers)]
+        self.valid_BS = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.length = 0
+        self.max_len = max_len
+
+
+@dataclass
+class AttentionMask:
+    """What one forward's attention may see: either SDPA's fast causal path or a bool mask."""
+
+    mask_B1TS: torch.Tensor | None
+    is_causal: bool
+    cache_start: int = 0
+
+    @staticmethod
+    def build(valid_BT: torch.Tensor | None, cache: DecodeCache | None, T: int,
+              device: torch.device) -> "AttentionMask":
+        start = cache.length if cache is not None else 0
+        if cache is not None:
+            if start + T > cache.max_len:
+                raise ValueError(f"cache full: {start} + {T} tokens > {cache.max_len} slots")
+            cache.valid_BS[:, start:start + T] = True if valid_BT is None else valid_BT
+            key_valid_BS = cache.valid_BS[:, :start + T]
+            if bool(key_valid_BS.all()):
+                if start == 0:
+                    return AttentionMask(None, True, start)
+                if T == 1:  # a decode step sees every earlier slot
+                    return AttentionMask(None, False, start)
+        elif valid_BT is None or bool(valid_BT.all()):
+            return AttentionMask(None, True, 0)
+        else:
+            key_valid_BS = valid_BT
+        q_slot = torch.arange(start, start + T, device=device)
+        k_slot = torch.arange(start + T, device=device)
+        allowed_TS = k_slot[None, :] <= q_slot[:, None]
+        allowed_BTS = allowed_TS[None] & key_valid_BS[:, None, :]
+        # A pad query with no visible key would give NaN rows; let it see itself.
+        allowed_BTS |= (k_slot[None, :] == q_slot[:, None])[None]
+        return AttentionMask(allowed_BTS.unsqueeze(1), False, start)
+
+    @staticmethod
+    def bidirectional(valid_BT: torch.Tensor | None) -> "AttentionMask":
+        """Non-causal attention over the valid tokens of this call (the encoder's view)."""
+        if valid_BT is None or bool(valid_BT.all()):
+            return AttentionMask(None, False, 0)
+        T = valid_BT.shape[1]
+        eye_TT = torch.eye(T, dtype=torch.bool, device=valid_BT.device)
+        return AttentionMask((valid_BT[:, None, :] | eye_TT[None]).unsqueeze(1), False, 0)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, xq_BTD: torch.Tensor, xkv_BTD: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], mask: AttentionMask,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = xq_BTD.shape
+        q_BHTK = self.wq(xq_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BHTK = self.wk(xkv_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BHTK = self.wv(xkv_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Rotate before caching: cached keys keep their own positions.
+        q_BHTK = apply_rotary(q_BHTK, *rope)
+        k_BHTK = apply_rotary(k_BHTK, *rope)
+        if cache is not None:
+            k_BHTK, v_BHTK = cache.write(mask.cache_start, k_BHTK, v_BHTK)
+        o_BHTK = F.scaled_dot_product_attention(
+            q_BHTK, k_BHTK, v_BHTK, attn_mask=mask.mask_B1TS, is_causal=mask.is_causal,
+            enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.wo(o_BHTK.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)  # up
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)  # down
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x_BTD)) * self.w3(x_BTD))
+
+
+class Block(nn.Module):
+    """Pre-norm attention + SwiGLU block.
+
+    Keys and values normally come from the block's own input. Two hooks serve the Free
+    Transformer without touching the residual stream:
+    - `kv_source`: normalise and attend to this instead (the encoder: queries from zeta,
+      keys/values from X; the injection block, reading 'norm_of_sum': X + R);
+    - `kv_add`: added after the norm (reading 'sum_of_norm': RMSNorm(X) + R).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                mask: AttentionMask, cache: KVCache | None = None,
+                kv_source: torch.Tensor | None = None,
+                kv_add: torch.Tensor | None = None) -> torch.Tensor:
+        h_BTD = self.attn_norm(x_BTD)
+        kv_BTD = h_BTD if kv_source is None else self.attn_norm(kv_source)
+        if kv_add is not None:
+            kv_BTD = kv_BTD + kv_add
+        x_BTD = x_BTD + self.attn(h_BTD, kv_BTD, rope, mask, cache)
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+
+
+def output_projection_std(cfg: ModelConfig) -> float:
+    """Residual-branch outputs (wo, w2) start smaller so the stream's variance stays O(1)."""
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)

@@ -1,0 +1,116 @@
+"""The Free Transformer (Fleuret 2025, arXiv 2510.17558), as in shared/docs/free-transformer.md.
+
+The decoder is the baseline's, block for block and name for name. What is added:
+- an encoder that reads X, the output of block L/2: one non-causal block whose queries
+  are a learned vector zeta (rotated by RoPE at each position, so Q(Z_t|S) can depend
+  on t) and whose keys/values are X, then RMSNorm and a readout to H bit logits;
+- the Binary Mapper, which samples Z_t and maps it to R_t = W_post[Z_t];
+- the injection: block L/2+1 takes its keys and values from X + R (queries and the
+  residual stream stay X); no other block sees R.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ftbench.model.baseline import BaselineDecoder, LMOutput
+from ftbench.model.binary_mapper import (binary_mapper, kl_to_uniform, sample_codes,
+                                         sample_uniform_codes)
+from ftbench.model.blocks import AttentionMask, Block, DecodeCache, RMSNorm
+from ftbench.model.config import ModelConfig
+
+LatentMode = Literal["posterior", "prior", "fixed"]
+
+
+class LatentEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.zeta = nn.Parameter(torch.empty(cfg.d_model))
+        self.block = Block(cfg)
+        self.readout_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.readout = nn.Linear(cfg.d_model, cfg.latent_bits, bias=False)
+
+    def forward(self, x_BTD: torch.Tensor, rope, mask: AttentionMask) -> torch.Tensor:
+        # Same zeta at every position; RoPE on q and k is what makes the logits vary with t.
+        zeta_BTD = self.zeta.expand_as(x_BTD)
+        y_BTD = self.block(zeta_BTD, rope, mask, kv_source=x_BTD)
+        return self.readout(self.readout_norm(y_BTD))
+
+
+class FreeTransformer(BaselineDecoder):
+    arch = "free"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.encoder = LatentEncoder(cfg)
+        # W_post: one D-vector per code; its forward is a gather.
+        self.post_sampler = nn.Embedding(cfg.n_codes, cfg.d_model)
+
+    @property
+    def inject_layer(self) -> int:
+        """0-based index of block L/2+1, the only block that sees R."""
+        return self.cfg.n_layers // 2
+
+    def forward(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
+                valid_BT: torch.Tensor | None = None, cache: DecodeCache | None = None,
+                latent: LatentMode = "posterior", z_BT: torch.Tensor | None = None,
+                encoder_mask_BT: torch.Tensor | None = None,
+                z_generator: torch.Generator | None = None) -> LMOutput:
+        """Logits for every position, with Z chosen by `latent`:
+
+        - "posterior": Z_t ~ Q(Z_t|S) from the encoder (training, prefill). The encoder
+          sees only the tokens of this call where `encoder_mask_BT` (default: `valid_BT`)
+          is True; other positions get prior Z and zero KL. With a cache this must be
+          the first call (prefill): the encoder is never run on a partial view.
+        - "prior": Z_t uniform i.i.d. (generation steps, the prior-Z protocol).
+        - "fixed": Z given in `z_BT` (tests, shared-Z sampling).
+        Z is drawn from `z_generator`, apart from any token sampling.
+        """
+        B, T = tokens_BT.shape
+        if cache is not None and latent == "posterior" and cache.length > 0:
+            raise ValueError("posterior Z with a cache is only defined for the prefill call; "
+                             "use latent='prior' for later steps")
+        rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
+        x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.inject_layer, rope, mask, cache)
+
+        kl_BT = latent_logits_BTH = None
+        n_bits = self.cfg.latent_bits
+        if latent == "fixed":
+            if z_BT is None or z_BT.shape != (B, T):
+                raise ValueError(f"latent='fixed' needs z_BT of shape {(B, T)}")
+            r_BTD = self.post_sampler(z_BT)
+        elif latent == "prior":
+            z_BT = sample_uniform_codes((B, T), n_bits, tokens_BT.device, z_generator)
+            r_BTD = self.post_sampler(z_BT)
+        elif latent == "posterior":
+            seen_BT = encoder_mask_BT if encoder_mask_BT is not None else valid_BT
+            latent_logits_BTH = self.encoder(x_BTD, rope, AttentionMask.bidirectional(seen_BT))
+            flat_NH = latent_logits_BTH.reshape(B * T, n_bits)
+            z_post_N = sample_codes(flat_NH, z_generator)
+            r_BTD = binary_mapper(flat_NH, self.post_sampler.weight, z_post_N).view(B, T, -1)
+            z_BT = z_post_N.view(B, T)
+            kl_BT = kl_to_uniform(latent_logits_BTH)
+            if seen_BT is not None and not bool(seen_BT.all()):
+                z_prior_BT = sample_uniform_codes((B, T), n_bits, tokens_BT.device, z_generator)
+                z_BT = torch.where(seen_BT, z_BT, z_prior_BT)
+                r_BTD = torch.where(seen_BT[..., None], r_BTD, self.post_sampler(z_prior_BT))
+                kl_BT = kl_BT * seen_BT
+        else:
+            raise ValueError(f"latent: {latent!r} is not one of posterior, prior, fixed")
+
+        block = self.blocks[self.inject_layer]
+        layer_cache = cache.layers[self.inject_layer] if cache is not None else None
+        r_BTD = r_BTD.to(x_BTD.dtype)
+        if self.cfg.kv_injection == "norm_of_sum":
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_source=x_BTD + r_BTD)
+        else:
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_add=r_BTD)
+        x_BTD = self._run_blocks(x_BTD, self.inject_layer + 1, self.cfg.n_layers, rope, mask,
+                                 cache)
+        if cache is not None:
+            cache.length += T
+        return LMOutput(self._logits(x_BTD), kl_BT, z_BT, latent_logits_BTH)
+

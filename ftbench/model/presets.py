@@ -1,0 +1,42 @@
+"""Named model sizes, from a CPU toy to the paper's 1.5B and 8B shapes."""
+
+from __future__ import annotations
+
+import difflib
+
+from ftbench.model.config import ConfigError, ModelConfig
+
+PRESETS: dict[str, ModelConfig] = {
+    # Trains in seconds on a 2-core CPU. H is small so the Binary Mapper's 2^H backward
+    # does not dominate a model this narrow.
+    "toy": ModelConfig(vocab_size=8192, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2,
+                       ffn_hidden=256, tie_embeddings=True, max_seq_len=256, latent_bits=8),
+    "tiny": ModelConfig(vocab_size=8192, d_model=128, n_layers=6, n_heads=4, n_kv_heads=2,
+                        ffn_hidden=512, tie_embeddings=True, max_seq_len=512, latent_bits=12),
+    # The shape the CPU benchmarks use (V 8192, D 256, 8 layers, 4 heads, FFN 1024, H 16).
+    "small": ModelConfig(vocab_size=8192, d_model=256, n_layers=8, n_heads=4, n_kv_heads=4,
+                         ffn_hidden=1024, tie_embeddings=False, max_seq_len=1024, latent_bits=16),
+    # Paper, section 6: 28 layers, D 1536, 12/2 heads, tied, vocab 2^17; FFN 8960 is the
+    # recipe's choice (the paper does not state it), giving about 1.51B parameters.
+    "1.5b": ModelConfig(vocab_size=2**17, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                        ffn_hidden=8960, tie_embeddings=True, max_seq_len=4096, latent_bits=16),
+    # Paper: 32 layers, D 4096, 32/8 heads, vocab 2^17, "Llama-3 structure": FFN 14336 and
+    # untied embeddings as in Llama-3-8B, about 8.05B parameters.
+    "8b": ModelConfig(vocab_size=2**17, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                      ffn_hidden=14336, tie_embeddings=False, max_seq_len=4096, latent_bits=16),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The config of a named size; an unknown name is an error that lists the close ones."""
+    key = name.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    close = difflib.get_close_matches(key, PRESETS, n=3, cutoff=0.3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"size: unknown preset {name!r}; choose one of "
+                      f"{', '.join(PRESETS)}.{hint}")

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from ftbench.model import build_model, get_preset
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture
+def toy_cfg():
+    # Small vocabulary and H so that float64 checks and many steps stay fast.
+    return get_preset("toy").replace(vocab_size=97, latent_bits=6, max_seq_len=128)
+
+
+@pytest.fixture
+def toy_pair(toy_cfg):
+    return (build_model(toy_cfg, "baseline", seed=3, dtype=torch.float64).eval(),
+            build_model(toy_cfg, "free", seed=3, dtype=torch.float64).eval())
+
+
+def z_gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

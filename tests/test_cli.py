@@ -1,0 +1,39 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["presets"], ["train-pair"], ["eval"],
+                                     ["report"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, command + ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_info_json_reports_overhead():
+    result = runner.invoke(app, ["info", "--size", "1.5b", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["baseline"]["params_total"] == 1_511_609_856
+    assert data["free"]["params_post_sampler"] == 2**16 * 1536
+    # One extra block of 28: the paper's ~3.6 % (parameters, without W_post: 3.1 %).
+    assert 0.030 < data["free_overhead"]["params_without_post_sampler"] < 0.037
+    assert 0.030 < data["free_overhead"]["forward_flops"] < 0.040
+    assert data["free_overhead"]["decode_flops"] == 0
+
+
+def test_unknown_preset_is_a_clear_error():
+    result = runner.invoke(app, ["info", "--size", "1.5"])
+    assert result.exit_code == 2
+    assert "unknown preset '1.5'" in result.output and "1.5b" in result.output
+
+
+def test_unfinished_commands_say_so():
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 3 and "not implemented" in result.output
