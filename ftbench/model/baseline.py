@@ -44,10 +44,12 @@ class BaselineDecoder(nn.Module):
                  valid_BT: torch.Tensor | None, cache: DecodeCache | None):
         B, T = tokens_BT.shape
         start = cache.length if cache is not None else 0
+        max_position = None
         if positions_BT is None:
             positions_BT = torch.arange(start, start + T, device=tokens_BT.device).expand(B, T)
+            max_position = start + T - 1
         mask = AttentionMask.build(valid_BT, cache, T, tokens_BT.device)
-        return self.rotary(positions_BT), mask
+        return self.rotary(positions_BT, max_position), mask
 
     def _run_blocks(self, x_BTD, first: int, last: int, rope, mask, cache):
         for i in range(first, last):

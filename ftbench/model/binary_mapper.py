@@ -14,12 +14,10 @@ number of tokens times 2^H.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-# Bytes of fp32 scratch per chunk in the backward (two c x 2^H buffers).
-DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 _CODE_BITS: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -62,8 +60,8 @@ def code_probabilities(logits_NH: torch.Tensor) -> torch.Tensor:
     """G_N,2^H: the probability of every code, as a Kronecker product of the per-bit
     (1-p, p) pairs. Costs about 2 * 2^H multiplies per token and no exp."""
     p_NH = torch.sigmoid(_at_least_fp32(logits_NH))
-    G = torch.stack((1 - p_NH[:, 0], p_NH[:, 0]), dim=-1)
-    for h in range(1, p_NH.shape[1]):
+    G = torch.ones(p_NH.shape[0], 1, dtype=p_NH.dtype, device=p_NH.device)
+    for h in range(p_NH.shape[1]):
         # Bit h becomes the most significant so far: [codes with b_h = 0 | with b_h = 1].
         G = torch.cat((G * (1 - p_NH[:, h:h + 1]), G * p_NH[:, h:h + 1]), dim=-1)
     return G
@@ -71,9 +69,9 @@ def code_probabilities(logits_NH: torch.Tensor) -> torch.Tensor:
 
 class _BinaryMapper(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits_NH, weight_CD, idx_N, chunk_tokens):
+    def forward(ctx, logits_NH, weight_CD, idx_N, tiles):
         ctx.save_for_backward(logits_NH, weight_CD, idx_N)
-        ctx.chunk_tokens = chunk_tokens
+        ctx.tiles = tiles
         return F.embedding(idx_N, weight_CD)
 
     @staticmethod
@@ -84,43 +82,76 @@ class _BinaryMapper(torch.autograd.Function):
             # Only Y carries value, so W_post's gradient is the embedding's scatter-add.
             grad_weight = torch.zeros_like(weight_CD).index_add_(0, idx_N, grad_ND.to(weight_CD.dtype))
         if ctx.needs_input_grad[0]:
-            grad_logits = _logits_grad(logits_NH, weight_CD, grad_ND, ctx.chunk_tokens)
+            grad_logits = _logits_grad(logits_NH, weight_CD, grad_ND, ctx.tiles)
         return grad_logits, grad_weight, None, None
 
 
-def _logits_grad(logits_NH, weight_CD, grad_ND, chunk_tokens):
-    """dl/dL_{t,h} = sum_d a_{t,d} G_{t,d} (U_h(d) - sigmoid(L_{t,h})), a = g W_post^T."""
+def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
+    """dl/dL_{t,h} = sum_d a_{t,d} G_{t,d} (U_h(d) - sigmoid(L_{t,h})), a = g W_post^T.
+
+    The code index splits into low and high halves of the bits, d = lo + 2^H_lo * hi, so
+    G_{t,d} = G^lo_{t,lo} G^hi_{t,hi}. For a tile of codes and a chunk of tokens, a^T seen
+    as (hi, lo, c) is written by a GEMM, scaled in place by G^lo and summed over lo by a
+    batched matmul; G^hi weights the small result. G is never built, and the scratch is
+    one (codes tile x token chunk) buffer, whatever the number of tokens.
+    """
     N, H = logits_NH.shape
-    n_codes = weight_CD.shape[0]
-    # [1 | U]: one matmul yields both rowsum(A) and A U.
+    H_lo = H // 2
+    n_lo, n_hi = 2**H_lo, 2 ** (H - H_lo)
     work = _at_least_fp32(logits_NH).dtype
-    ones_U = torch.cat((torch.ones(n_codes, 1, device=logits_NH.device, dtype=work),
-                        code_bits(H, logits_NH.device, work)), dim=1)
-    grad_NH = torch.empty(N, H, dtype=work, device=logits_NH.device)
-    weight_t = weight_CD.t()
-    for s in range(0, N, chunk_tokens):
-        e = min(s + chunk_tokens, N)
-        a_cC = (grad_ND[s:e].to(weight_CD.dtype) @ weight_t).to(work)
-        a_cC.mul_(code_probabilities(logits_NH[s:e]))           # A = a * G, in place
-        sums = a_cC @ ones_U                                     # (c, 1 + H)
+    device = logits_NH.device
+    # [1 | U_lo]^T: row 0 sums over lo, row 1+h keeps the codes whose low bit h is set.
+    ones_U_lo_T = torch.cat((torch.ones(n_lo, 1, device=device, dtype=work),
+                             code_bits(H_lo, device, work)), dim=1).t().contiguous()
+    U_hi_T = code_bits(H - H_lo, device, work).t().contiguous()  # (H_hi, n_hi)
+    weight = weight_CD if weight_CD.dtype == work else weight_CD.to(work)
+    grad_NH = torch.empty(N, H, dtype=work, device=device)
+    c_max = min(tiles.tokens, N)
+    hi_per_tile = max(1, min(n_hi, tiles.codes // n_lo))
+    buf = torch.empty(hi_per_tile * n_lo * c_max, dtype=work, device=device)
+    S = torch.empty(n_hi, 1 + H_lo, c_max, dtype=work, device=device)
+    for s in range(0, N, c_max):
+        e = min(s + c_max, N)
+        c = e - s
+        g_T = grad_ND[s:e].to(work).t()
+        G_lo = code_probabilities(logits_NH[s:e, :H_lo]).t()                # (n_lo, c)
+        for h0 in range(0, n_hi, hi_per_tile):
+            h1 = min(h0 + hi_per_tile, n_hi)
+            aT = buf[:(h1 - h0) * n_lo * c].view((h1 - h0) * n_lo, c)
+            torch.mm(weight[h0 * n_lo:h1 * n_lo], g_T, out=aT)             # a^T tile
+            a3 = aT.view(h1 - h0, n_lo, c)
+            a3.mul_(G_lo)
+            torch.matmul(ones_U_lo_T, a3, out=S[h0:h1, :, :c])              # sum over lo
+        S_c = S[:, :, :c]
+        S_c.mul_(code_probabilities(logits_NH[s:e, H_lo:]).t()[:, None, :])  # times G^hi
+        low = S_c.sum(0)                                                    # (1 + H_lo, c)
+        high = U_hi_T @ S_c[:, 0, :]                                        # (H_hi, c)
         p_cH = torch.sigmoid(logits_NH[s:e].to(work))
-        grad_NH[s:e] = sums[:, 1:] - p_cH * sums[:, :1]
+        grad_NH[s:e] = torch.cat((low[1:], high), dim=0).t() - p_cH * low[0][:, None]
     return grad_NH.to(logits_NH.dtype)
 
 
-def default_chunk_tokens(n_bits: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    return max(1, chunk_bytes // (2 * 4 * 2**n_bits))
+@dataclass(frozen=True)
+class MapperTiles:
+    """Work sizes of the chunked backward: scratch is tokens x codes x 4 bytes."""
+
+    tokens: int = 256
+    codes: int = 4096
+
+    @staticmethod
+    def for_device(device: torch.device) -> "MapperTiles":
+        # CPUs like cache-sized tiles; GPUs like few, large kernels (256 MiB of scratch).
+        return MapperTiles(1024, 2**16) if torch.device(device).type == "cuda" else MapperTiles()
 
 
 def binary_mapper(logits_NH: torch.Tensor, weight_CD: torch.Tensor, idx_N: torch.Tensor,
-                  chunk_tokens: int | None = None) -> torch.Tensor:
+                  tiles: MapperTiles | None = None) -> torch.Tensor:
     """R_N,D = W_post[idx] with the exact Eq. 8 gradient into the logits.
 
     idx_N must be the codes sampled from these logits (see `sample_codes`).
     """
-    if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(logits_NH.shape[-1])
-    return _BinaryMapper.apply(logits_NH, weight_CD, idx_N, chunk_tokens)
+    return _BinaryMapper.apply(logits_NH, weight_CD, idx_N,
+                               tiles or MapperTiles.for_device(logits_NH.device))
 
 
 def dense_binary_mapper(logits_NH: torch.Tensor, weight_CD: torch.Tensor,

@@ -50,9 +50,14 @@ class Rotary(nn.Module):
             self.cos.copy_(angles.cos())
             self.sin.copy_(angles.sin())
 
-    def forward(self, positions_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if int(positions_BT.max()) >= self.max_seq_len:
-            raise ValueError(f"position {int(positions_BT.max())} is beyond model.max_seq_len="
+    def forward(self, positions_BT: torch.Tensor,
+                max_position: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`max_position`, when the caller knows it, spares a device sync (and a
+        torch.compile graph break) in the bounds check."""
+        if max_position is None:
+            max_position = int(positions_BT.max())
+        if max_position >= self.max_seq_len:
+            raise ValueError(f"position {max_position} is beyond model.max_seq_len="
                              f"{self.max_seq_len}; shorten the input or raise max_seq_len")
         # (B, 1, T, K/2): broadcast over heads.
         return self.cos[positions_BT].unsqueeze(1), self.sin[positions_BT].unsqueeze(1)

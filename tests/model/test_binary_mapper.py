@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ftbench.model.binary_mapper import (binary_mapper, code_bits, code_probabilities,
+from ftbench.model.binary_mapper import (MapperTiles, binary_mapper, code_bits, code_probabilities,
                                          dense_binary_mapper, kl_to_uniform, sample_codes)
 from tests.conftest import z_gen
 
@@ -18,10 +18,11 @@ def _inputs(N=13, H=6, D=5, seed=0):
     return logits, weight, idx, upstream
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 13, 64])
-def test_eq8_gradient_matches_dense_autograd_in_float64(chunk):
-    logits, weight, idx, upstream = _inputs()
-    fast = binary_mapper(logits, weight, idx, chunk_tokens=chunk)
+@pytest.mark.parametrize("tokens,codes,H", [(1, 64, 6), (4, 8, 6), (13, 16, 6), (64, 4096, 6),
+                                            (5, 1, 1), (4, 2, 5), (3, 1, 7)])
+def test_eq8_gradient_matches_dense_autograd_in_float64(tokens, codes, H):
+    logits, weight, idx, upstream = _inputs(H=H)
+    fast = binary_mapper(logits, weight, idx, MapperTiles(tokens, codes))
     g_fast = torch.autograd.grad((fast * upstream).sum(), (logits, weight))
     dense = dense_binary_mapper(logits, weight, idx)
     g_dense = torch.autograd.grad((dense * upstream).sum(), (logits, weight))
