@@ -37,7 +37,7 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_codes(logits_NH: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample idx_N = sum_h 2^h b_h with b_h ~ Bernoulli(sigmoid(L_h)).
+    """Sample idx = sum_h 2^h b_h with b_h ~ Bernoulli(sigmoid(L_h)), over any leading dims.
 
     Sampling happens at evaluation and prefill too: the paper keeps the VAE stochastic.
     """
@@ -114,7 +114,7 @@ def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
         e = min(s + c_max, N)
         c = e - s
         g_T = grad_ND[s:e].to(work).t()
-        G_lo = code_probabilities(logits_NH[s:e, :H_lo]).t()                # (n_lo, c)
+        G_lo = code_probabilities(logits_NH[s:e, :H_lo]).t().contiguous()   # (n_lo, c)
         for h0 in range(0, n_hi, hi_per_tile):
             h1 = min(h0 + hi_per_tile, n_hi)
             aT = buf[:(h1 - h0) * n_lo * c].view((h1 - h0) * n_lo, c)

@@ -88,10 +88,9 @@ class FreeTransformer(BaselineDecoder):
         elif latent == "posterior":
             seen_BT = encoder_mask_BT if encoder_mask_BT is not None else valid_BT
             latent_logits_BTH = self.encoder(x_BTD, rope, AttentionMask.bidirectional(seen_BT))
-            flat_NH = latent_logits_BTH.reshape(B * T, n_bits)
-            z_post_N = sample_codes(flat_NH, z_generator)
-            r_BTD = binary_mapper(flat_NH, self.post_sampler.weight, z_post_N).view(B, T, -1)
-            z_BT = z_post_N.view(B, T)
+            z_BT = sample_codes(latent_logits_BTH, z_generator)
+            r_BTD = binary_mapper(latent_logits_BTH.reshape(B * T, n_bits),
+                                  self.post_sampler.weight, z_BT.reshape(B * T)).view(B, T, -1)
             kl_BT = kl_to_uniform(latent_logits_BTH)
             if seen_BT is not None and not bool(seen_BT.all()):
                 z_prior_BT = sample_uniform_codes((B, T), n_bits, tokens_BT.device, z_generator)

@@ -1,0 +1,156 @@
+"""YAML <-> typed dataclasses, with strict dotted overrides (`--set optim.lr=3e-4`).
+
+Unknown keys, wrong types and bad values fail with a message that names the field; an
+unknown key also lists the close ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from ftbench.config.schema import PairConfig
+from ftbench.model.config import ConfigError
+from ftbench.model.presets import get_preset
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+
+
+def _check_keys(cls, data: dict, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"{prefix}{key}: unknown key{hint} (known: {', '.join(names)})")
+
+
+def _build(cls, data: dict, where: str, base=None):
+    _check_keys(cls, data, where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], sub)
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def pair_config_from_dict(data: dict) -> PairConfig:
+    """Build and validate a PairConfig; `model` fields override the `size` preset."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    _check_keys(PairConfig, data, "")
+    size = _coerce(data.pop("size", "toy"), str, "size")
+    preset = get_preset(size)
+    model_data = data.pop("model", {}) or {}
+    if not isinstance(model_data, dict):
+        raise ConfigError(f"model: expected a mapping, got {model_data!r}")
+    model = _build(type(preset), model_data, "model", base=preset)
+    rest = _build(PairConfig, data, "")
+    return dataclasses.replace(rest, size=size, model=model).validate()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: cannot parse the value ({e})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a raw config mapping (validation happens when it is built)."""
+    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_pair_config(path: str | os.PathLike | None = None, *, size: str | None = None,
+                     overrides: list[str] = ()) -> PairConfig:
+    """A config file (or the preset `size` alone), then dotted overrides, validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: no such file {str(p)!r}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+    if size is not None:
+        data["size"] = size
+    return pair_config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def dump_pair_config(cfg: PairConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,157 @@
+"""Typed run configs: one `PairConfig` describes a whole matched pair.
+
+YAML is only the serialisation (see `ftbench.config.loader`). Every field has a default
+and a docstring; `validate()` names the first bad field and what it allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftbench.model.config import ConfigError, ModelConfig
+
+SOURCE_KINDS = ("jsonl", "text", "python_tree", "stdlib", "synthetic", "gsm8k", "hf")
+TOKENIZER_KINDS = ("bpe", "char")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class SourceConfig:
+    """One stream of the training mix."""
+
+    kind: str = "jsonl"
+    """jsonl: .jsonl or .jsonl.gz with a text field; text: .txt files; python_tree: every
+    *.py under a folder; stdlib: the running interpreter's standard library; gsm8k: the
+    GSM8K train split as 'Question: ...\\nAnswer: ...'; synthetic: the paper's toy task
+    (section 8); hf: a Hugging Face dataset streamed online (see `hf_id`)."""
+    path: str = ""
+    """File or folder. Relative paths resolve against data.data_dir."""
+    weight: float = 1.0
+    """Share of the training characters drawn from this source (weights are normalised)."""
+    text_field: str = "text"
+    hf_id: str = ""
+    """Dataset ID for kind=hf, e.g. 'HuggingFaceFW/fineweb-edu'."""
+    hf_config: str = ""
+    hf_split: str = "train"
+    max_docs: int = 0
+    """Cap on documents read from this source (0: no cap)."""
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"
+    """bpe: byte-level BPE trained on the run's own mix; char: one token per character
+    (the synthetic task)."""
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    train_chars: int = 4_000_000
+    """Characters of the mix the BPE is trained on."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(
+        default_factory=lambda: [SourceConfig(kind="synthetic")])
+    data_dir: str = ""
+    """Local mirror laid out like shared/data. Empty: $FTBENCH_DATA_DIR, else online."""
+    total_chars: int = 4_000_000
+    """Characters drawn from the mix (before the train/validation split)."""
+    val_fraction: float = 0.01
+    """Share of documents held out for validation, chosen by a hash of their id."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    seq_len: int = 256
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio at the last step."""
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LatentConfig:
+    kappas_bits: list[float] = field(default_factory=lambda: [0.5])
+    """Free bits per token, one Free arm each (the paper's grid: 0.25, 0.5, 1, 2). H and
+    the injection reading are model fields (model.latent_bits, model.kv_injection)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "toy"
+    """Outputs go to models/<name>/<arm>/."""
+    seed: int = 0
+    steps: int = 200
+    batch_size: int = 8
+    """Sequences per optimiser step, over all ranks and accumulation steps."""
+    grad_accum: int = 1
+    checkpoint_every: int = 100
+    eval_every: int = 50
+    val_batches: int = 4
+    out_dir: str = "models"
+    dtype: str = "auto"
+    """auto: bfloat16 autocast on GPU, float32 on CPU."""
+    compile: bool = False
+    activation_checkpointing: bool = False
+    matched_control: bool = False
+    """Also train an (L+1)-layer baseline, parameter-matched to the encoder block."""
+
+
+@dataclass
+class PairConfig:
+    size: str = "toy"
+    """Preset the model starts from (see `ftbench presets`); `model` overrides its fields."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "PairConfig":
+        self.model.validate("free")
+        d, o, l, r = self.data, self.optim, self.latent, self.run
+        if not d.sources:
+            raise ConfigError("data.sources: at least one source is needed")
+        for i, src in enumerate(d.sources):
+            where = f"data.sources[{i}]"
+            if src.kind not in SOURCE_KINDS:
+                raise ConfigError(f"{where}.kind: {src.kind!r} is not one of "
+                                  f"{', '.join(SOURCE_KINDS)}")
+            if src.weight <= 0:
+                raise ConfigError(f"{where}.weight: must be > 0, got {src.weight}")
+            if src.kind in ("jsonl", "text", "python_tree") and not src.path:
+                raise ConfigError(f"{where}.path: a {src.kind} source needs a path")
+            if src.kind == "hf" and not src.hf_id:
+                raise ConfigError(f"{where}.hf_id: a hf source needs a dataset ID")
+        if d.tokenizer.kind not in TOKENIZER_KINDS:
+            raise ConfigError(f"data.tokenizer.kind: {d.tokenizer.kind!r} is not one of "
+                              f"{', '.join(TOKENIZER_KINDS)}")
+        if not 0 <= d.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction: must be in [0, 0.5), got {d.val_fraction}")
+        if d.seq_len < 2 or d.seq_len > self.model.max_seq_len:
+            raise ConfigError(f"data.seq_len: must be in 2..model.max_seq_len="
+                              f"{self.model.max_seq_len}, got {d.seq_len}")
+        if not o.lr > 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0:
+            raise ConfigError(f"optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0; "
+                              f"got lr={o.lr}, min_lr_ratio={o.min_lr_ratio}, "
+                              f"warmup_steps={o.warmup_steps}")
+        if not l.kappas_bits or any(k < 0 for k in l.kappas_bits):
+            raise ConfigError(f"latent.kappas_bits: need one or more values >= 0 (in bits), "
+                              f"got {l.kappas_bits}")
+        if len(set(l.kappas_bits)) != len(l.kappas_bits):
+            raise ConfigError(f"latent.kappas_bits: duplicate values in {l.kappas_bits}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every",
+                     "val_batches"):
+            if getattr(r, name) < 1:
+                raise ConfigError(f"run.{name}: must be >= 1, got {getattr(r, name)}")
+        if r.batch_size % r.grad_accum:
+            raise ConfigError(f"run.batch_size: {r.batch_size} is not divisible by "
+                              f"run.grad_accum={r.grad_accum}")
+        if r.dtype not in DTYPES:
+            raise ConfigError(f"run.dtype: {r.dtype!r} is not one of {', '.join(DTYPES)}")
+        return self

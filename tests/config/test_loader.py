@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from ftbench.config import dump_pair_config, load_pair_config, pair_config_from_dict
+from ftbench.model import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path):
+    cfg = load_pair_config(path)
+    again = pair_config_from_dict(__import__("yaml").safe_load(dump_pair_config(cfg)))
+    assert again == cfg
+
+
+def test_model_fields_override_the_preset():
+    cfg = load_pair_config(size="toy", overrides=["model.d_model=128", "optim.lr=1e-3",
+                                                  "latent.kappas_bits=[0.25, 1]"])
+    assert cfg.model.d_model == 128 and cfg.model.n_layers == 4  # rest of the toy preset
+    assert cfg.optim.lr == 1e-3 and cfg.latent.kappas_bits == [0.25, 1.0]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["optim.lrr=1"], r"optim.lrr: unknown key; did you mean lr"),
+    (["optim.lr=fast"], r"optim.lr: expected a number"),
+    (["run.steps=0"], r"run.steps: must be >= 1"),
+    (["model.n_layers=5"], r"model.n_layers.*even"),
+    (["data.tokenizer.kind=wordpiece"], r"data.tokenizer.kind.*bpe, char"),
+    (["latent.kappas_bits=[-1]"], r"latent.kappas_bits"),
+    (["run.compile=maybe"], r"run.compile: expected true or false"),
+    (["nonsense"], r"expected KEY=VALUE"),
+])
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pair_config(size="toy", overrides=override)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_pair_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pair_config(bad)
+    bad.write_text("data: {sources: [{kind: parquet, path: x}]}\n")
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].kind: 'parquet'"):
+        load_pair_config(bad)
