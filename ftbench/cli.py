@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -95,11 +96,53 @@ def _not_yet(what: str) -> None:
           "see the open issues.", code=3)
 
 
-@app.command("train-pair", context_settings={"allow_extra_args": True,
-                                             "ignore_unknown_options": True})
-def train_pair() -> None:
-    """Train a matched baseline/Free pair from one config. (Not implemented yet.)"""
-    _not_yet("train-pair")
+@app.command("train-pair")
+def train_pair(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Pair config YAML (see configs/)."),
+    size: Optional[str] = typer.Option(
+        None, "--size", "-s", help="Shorthand for --config configs/<size>.yaml."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field with a dotted key, e.g. --set optim.lr=1e-3. "
+                          "Repeatable."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Local data mirror laid out like shared/data (offline mode; "
+                                 "default $FTBENCH_DATA_DIR, else online)."),
+    dry: bool = typer.Option(False, "--dry-run", help="Print the resolved config, parameters, "
+                             "FLOPs and memory estimate per arm; train nothing."),
+) -> None:
+    """Train a matched baseline/Free pair from one config.
+
+    Every arm (the baseline, one Free model per kappa in latent.kappas_bits, and optionally
+    an (L+1)-layer control) shares the tokenizer, the data order and the initial decoder
+    weights. Outputs: models/<run>/<arm>/ (model.safetensors, config.json, tokenizer.json,
+    metrics.jsonl). Running the same command again resumes from the newest complete
+    checkpoint. For several processes or GPUs launch with torchrun, e.g.
+    `torchrun --nproc_per_node=8 -m ftbench train-pair --size 1.5b`.
+    """
+    from ftbench.api import resolve_pair_config
+
+    try:
+        cfg = resolve_pair_config(config, size, list(overrides), data_dir)
+    except ConfigError as e:
+        _fail(str(e))
+    if dry:
+        from ftbench.config.loader import dump_pair_config
+        from ftbench.training.pair import dry_run
+
+        info = dry_run(cfg)
+        typer.echo(dump_pair_config(cfg))
+        typer.echo(f"tokens per step {info['tokens_per_step']:,}, total "
+                   f"{info['total_tokens']:,} (vocab from the preset until the tokenizer is "
+                   "trained)")
+        for name, a in info["arms"].items():
+            typer.echo(f"  {name:18s} params {_human(a['params']):>8s}  train FLOPs/token "
+                       f"{_human(a['train_flops_per_token']):>8s}  weights+grads+AdamW "
+                       f"{a['state_memory_bytes'] / 2**30:.2f} GiB")
+        return
+    from ftbench.api import run_train_pair
+
+    run_train_pair(cfg, fail=_fail)
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -36,14 +36,20 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def sample_codes(logits_NH: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_codes(logits_NH: torch.Tensor, generator: torch.Generator | None = None,
+                 uniform_NH: torch.Tensor | None = None) -> torch.Tensor:
     """Sample idx = sum_h 2^h b_h with b_h ~ Bernoulli(sigmoid(L_h)), over any leading dims.
 
     Sampling happens at evaluation and prefill too: the paper keeps the VAE stochastic.
+    `uniform_NH` (U(0,1) draws of the logits' shape) replaces the generator when the
+    caller seeds the draws itself, e.g. per sequence so that sharding cannot change them.
     """
     n_bits = logits_NH.shape[-1]
-    gen_device = generator.device if generator is not None else logits_NH.device
-    u_NH = torch.rand(logits_NH.shape, generator=generator, device=gen_device)
+    if uniform_NH is not None:
+        u_NH = uniform_NH
+    else:
+        gen_device = generator.device if generator is not None else logits_NH.device
+        u_NH = torch.rand(logits_NH.shape, generator=generator, device=gen_device)
     bits_NH = (u_NH.to(logits_NH.device) < torch.sigmoid(logits_NH.detach().float())).long()
     weights_H = 2 ** torch.arange(n_bits, device=logits_NH.device)
     return (bits_NH * weights_H).sum(-1)

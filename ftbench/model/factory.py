@@ -44,17 +44,28 @@ def init_std_for(cfg: ModelConfig, name: str) -> float | None:
     return cfg.init_std
 
 
+def _copy_full(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full tensor into a parameter, or into its local shard under FSDP2."""
+    if hasattr(param, "device_mesh"):  # a DTensor
+        from torch.distributed.tensor import distribute_tensor
+
+        shard = distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
+        param.to_local().copy_(shard.to_local())
+    else:
+        param.copy_(full.to(param.device))
+
+
 @torch.no_grad()
 def init_weights(model: BaselineDecoder, seed: int) -> None:
     for name, param in model.named_parameters():
         std = init_std_for(model.cfg, name)
         if std is None:
-            param.fill_(1.0)
+            _copy_full(param, torch.ones(param.shape, dtype=param.dtype))
             continue
         # Drawn on the CPU so that weights do not depend on the device.
         g = torch.Generator().manual_seed(param_seed(seed, name))
-        values = torch.randn(param.shape, generator=g, dtype=torch.float32) * std
-        param.copy_(values.to(dtype=param.dtype))
+        values = (torch.randn(param.shape, generator=g, dtype=torch.float32) * std).to(param.dtype)
+        _copy_full(param, values)
     for module in model.modules():
         if isinstance(module, Rotary):
             module.reset_tables()

@@ -58,7 +58,8 @@ class FreeTransformer(BaselineDecoder):
                 valid_BT: torch.Tensor | None = None, cache: DecodeCache | None = None,
                 latent: LatentMode = "posterior", z_BT: torch.Tensor | None = None,
                 encoder_mask_BT: torch.Tensor | None = None,
-                z_generator: torch.Generator | None = None) -> LMOutput:
+                z_generator: torch.Generator | None = None,
+                z_uniform_BTH: torch.Tensor | None = None) -> LMOutput:
         """Logits for every position, with Z chosen by `latent`:
 
         - "posterior": Z_t ~ Q(Z_t|S) from the encoder (training, prefill). The encoder
@@ -67,7 +68,8 @@ class FreeTransformer(BaselineDecoder):
           the first call (prefill): the encoder is never run on a partial view.
         - "prior": Z_t uniform i.i.d. (generation steps, the prior-Z protocol).
         - "fixed": Z given in `z_BT` (tests, shared-Z sampling).
-        Z is drawn from `z_generator`, apart from any token sampling.
+        Z is drawn from `z_generator`, apart from any token sampling; in posterior mode
+        `z_uniform_BTH` may supply the U(0,1) draws of the bits instead.
         """
         B, T = tokens_BT.shape
         if cache is not None and latent == "posterior" and cache.length > 0:
@@ -88,7 +90,7 @@ class FreeTransformer(BaselineDecoder):
         elif latent == "posterior":
             seen_BT = encoder_mask_BT if encoder_mask_BT is not None else valid_BT
             latent_logits_BTH = self.encoder(x_BTD, rope, AttentionMask.bidirectional(seen_BT))
-            z_BT = sample_codes(latent_logits_BTH, z_generator)
+            z_BT = sample_codes(latent_logits_BTH, z_generator, z_uniform_BTH)
             r_BTD = binary_mapper(latent_logits_BTH.reshape(B * T, n_bits),
                                   self.post_sampler.weight, z_BT.reshape(B * T)).view(B, T, -1)
             kl_BT = kl_to_uniform(latent_logits_BTH)

@@ -1,0 +1,1 @@
+"""Training: arms of a pair, the loop, distributed setup, checkpoints and export."""

@@ -1,0 +1,277 @@
+"""Training of one arm: resumable, distributed, with per-step metrics.
+
+Every source of randomness is a function of (seed, step, sample): the batch (sampler), the
+schedule, and Z (uniforms drawn per sequence from a generator seeded by its global index).
+A resumed run and an uninterrupted one therefore take the same steps, and a sharded run
+sees the same Z per sequence as a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ftbench.config.schema import PairConfig
+from ftbench.data.sampler import BatchSampler
+from ftbench.model.accounting import model_cost
+from ftbench.model.factory import build_model, init_weights, param_seed
+from ftbench.objective import free_transformer_loss, lm_loss, nats_to_bits
+from ftbench.training.arms import Arm
+from ftbench.training.checkpoint import Checkpointer
+from ftbench.training.distributed import DistContext, all_reduce_mean, parallelize
+from ftbench.training.hardware import PeakMemory, peak_flops
+from ftbench.training.schedule import lr_at
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    steps: int
+    final_val: dict
+    tokens_per_s: float
+    mfu: float | None
+    peak_memory_bytes: int | None
+    wall_s: float
+    model: torch.nn.Module = field(repr=False, default=None)
+
+
+def autocast_dtype(cfg: PairConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.run.dtype == "bfloat16" or (cfg.run.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def z_uniforms(seed: int, tag: str, rows: range, T: int, H: int,
+               device: torch.device) -> torch.Tensor:
+    """(len(rows), T, H) U(0,1) draws, each row from its own generator (global row id)."""
+    out = torch.empty(len(rows), T, H)
+    for i, row in enumerate(rows):
+        g = torch.Generator().manual_seed(param_seed(seed, f"{tag}/{row}"))
+        out[i] = torch.rand(T, H, generator=g)
+    return out.to(device)
+
+
+def forward_loss(model, arm: Arm, batch: torch.Tensor, cfg: PairConfig, z_tag: str,
+                 first_row: int, amp: torch.dtype | None) -> dict:
+    x, y = batch[:, :-1], batch[:, 1:]
+    device = batch.device
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        if arm.arch == "free":
+            u = z_uniforms(cfg.run.seed, z_tag, range(first_row, first_row + len(batch)),
+                           x.shape[1], arm.model.latent_bits, device)
+            out = model(x, z_uniform_BTH=u)
+            return free_transformer_loss(out.logits_BTV, y, out.kl_BT, arm.kappa_nats)
+        return lm_loss(model(x).logits_BTV, y)
+
+
+@torch.no_grad()
+def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext,
+             amp: torch.dtype | None) -> dict:
+    """Comparable likelihood bounds only: the baseline's CE; for a Free model, CE under
+    prior Z and the ELBO (posterior CE + unhinged KL). Posterior CE alone is not a
+    likelihood (the encoder saw the targets) and is not reported as one."""
+    model.eval()
+    T = cfg.data.seq_len
+    n_windows = (len(val) - 1) // T
+    if n_windows < 1:
+        raise TrainingError("the validation split is shorter than one sequence; raise "
+                            "data.total_chars or data.val_fraction")
+    per_rank = max(1, cfg.run.batch_size // ctx.world)
+    sums: dict[str, float] = {}
+    count = 0
+    for b in range(cfg.run.val_batches):
+        rows = [(b * cfg.run.batch_size + ctx.rank * per_rank + j) % n_windows
+                for j in range(per_rank)]
+        batch = torch.from_numpy(np.stack([np.asarray(val[k * T:k * T + T + 1], dtype=np.int64)
+                                           for k in rows])).to(ctx.device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+            if arm.arch == "free":
+                first = b * cfg.run.batch_size + ctx.rank * per_rank
+                rows_range = range(first, first + per_rank)
+                u = z_uniforms(cfg.run.seed, "val-post", rows_range, T, arm.model.latent_bits,
+                               ctx.device)
+                post = model(x, z_uniform_BTH=u)
+                ce_post = free_transformer_loss(post.logits_BTV, y, post.kl_BT, 0.0)
+                g = torch.Generator().manual_seed(param_seed(cfg.run.seed, f"val-prior/{first}"))
+                z_prior = torch.randint(0, arm.model.n_codes, x.shape, generator=g).to(ctx.device)
+                prior = model(x, latent="fixed", z_BT=z_prior)
+                values = {"ce_prior": lm_loss(prior.logits_BTV, y)["ce"],
+                          "elbo": ce_post["ce"] + ce_post["kl_nats"],
+                          "kl_bits": ce_post["kl_nats"] / math.log(2)}
+            else:
+                values = {"ce": lm_loss(model(x).logits_BTV, y)["ce"]}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + float(all_reduce_mean(v.detach().float(), ctx))
+        count += 1
+    model.train()
+    return {f"val_{k}": v / count for k, v in sums.items()}
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line; on resume, lines past the checkpoint go."""
+
+    def __init__(self, path: Path, ctx: DistContext, resume_step: int):
+        self.path, self.ctx = path, ctx
+        if ctx.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if path.is_file():
+                for line in path.read_text().splitlines():
+                    try:
+                        if json.loads(line).get("step", 0) <= resume_step:
+                            kept.append(line)
+                    except json.JSONDecodeError:
+                        break  # a torn last line from a crash
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(l + "\n" for l in kept))
+            tmp.replace(path)
+
+    def write(self, record: dict) -> None:
+        if self.ctx.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def build_arm_model(arm: Arm, cfg: PairConfig, ctx: DistContext) -> torch.nn.Module:
+    """Meta build, parallelize, materialise, init from the pair seed (shared weights match)."""
+    model = build_model(arm.model, arm.arch, device="meta")
+    model = parallelize(model, ctx, activation_checkpointing=cfg.run.activation_checkpointing,
+                        compile=cfg.run.compile)
+    model = model.to_empty(device=ctx.device)
+    init_weights(model, cfg.run.seed)
+    return model.train()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PairConfig) -> torch.optim.Optimizer:
+    # Norm gains and zeta are not decayed; matrices and embeddings are.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = all(not hasattr(p, "device_mesh") for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
+
+
+def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: np.ndarray,
+              arm_dir: Path, ctx: DistContext, fingerprint: dict,
+              log: Callable[[str], None] = print, stop_after: int | None = None) -> ArmResult:
+    """Train (or resume) one arm to cfg.run.steps; `stop_after` interrupts on purpose
+    (tests of resume) right after that step's checkpoint would be due."""
+    t_start = time.perf_counter()
+    r = cfg.run
+    model = build_arm_model(arm, cfg, ctx)
+    optim = make_optimizer(model, cfg)
+    ckpt = Checkpointer(arm_dir / "checkpoints", ctx, fingerprint)
+    step = 0
+    latest = ckpt.latest()
+    if latest is not None:
+        step = ckpt.load(latest, model, optim)
+        log(f"{arm.name}: resumed from {latest} (step {step})")
+    metrics = MetricsLog(arm_dir / "metrics.jsonl", ctx, step)
+    sampler = BatchSampler(train_tokens, cfg.data.seq_len, r.batch_size, r.seed)
+    amp = autocast_dtype(cfg, ctx.device)
+    flops_per_token = model_cost(arm.model, arm.arch, cfg.data.seq_len).train_flops_per_token
+    peak = peak_flops(ctx.device, amp)
+    memory = PeakMemory(ctx.device)
+    tokens_per_step = r.batch_size * cfg.data.seq_len
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = _progress(ctx, step, r.steps, arm.name)
+    rates = []
+    val = {}
+    while step < r.steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg.optim, r.steps)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        batch = sampler.batch(step, ctx.rank, ctx.world).to(ctx.device)
+        micro = batch.chunk(r.grad_accum)
+        per_rank = len(batch)
+        totals: dict[str, float] = {}
+        for m, mb in enumerate(micro):
+            first_row = step * r.batch_size + ctx.rank * per_rank + m * len(micro[0])
+            losses = forward_loss(model, arm, mb, cfg, f"train/{step}", first_row, amp)
+            (losses["loss"] / r.grad_accum).backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / r.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        loss_global = float(all_reduce_mean(torch.tensor(totals["loss"]), ctx))
+        if not math.isfinite(loss_global) or not math.isfinite(float(grad_norm)):
+            raise TrainingError(
+                f"{arm.name}: non-finite loss ({loss_global}) or grad norm ({float(grad_norm)}) "
+                f"at step {step}. Nothing was written for this step; checkpoints up to "
+                f"{ckpt.latest() or 'none'} are intact. Lower optim.lr or check the data.")
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        rate = tokens_per_step / dt
+        rates.append(rate)
+        record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": rate,
+                  "mfu": flops_per_token * rate / peak / ctx.world if peak else None,
+                  "peak_memory_bytes": memory.peak()}
+        record.update({k: float(all_reduce_mean(torch.tensor(v), ctx)) for k, v in totals.items()})
+        if arm.arch == "free":
+            record["kl_bits"] = nats_to_bits(record.pop("kl_nats"))
+            record["kappa_bits"] = arm.kappa_bits
+        if step % r.eval_every == 0 or step == r.steps:
+            val = validate(model, arm, val_tokens, cfg, ctx, amp)
+            record.update(val)
+        metrics.write(record)
+        progress(step, record)
+        if step % r.checkpoint_every == 0 or step == r.steps:
+            ckpt.save(step, model, optim)
+        if stop_after is not None and step >= stop_after:
+            break
+    progress(None, None)
+    steady = rates[len(rates) // 4:] or rates  # skip warm-up steps in the summary
+    tps = float(np.median(steady)) if steady else 0.0
+    return ArmResult(arm.name, step, val, tps,
+                     flops_per_token * tps / peak / ctx.world if peak and tps else None,
+                     memory.peak(), time.perf_counter() - t_start, model)
+
+
+def _progress(ctx: DistContext, start: int, total: int, name: str):
+    """A tqdm bar on a terminal; plain lines (about every 10 %) otherwise, e.g. in CI logs."""
+    if not ctx.is_main:
+        return lambda step, record: None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
+
+        def update(step, record):
+            if step is None:
+                bar.close()
+                return
+            bar.update(1)
+            post = {"loss": f"{record['loss']:.3f}"}
+            if "kl_bits" in record:
+                post["kl"] = f"{record['kl_bits']:.3f}b"
+            bar.set_postfix(post)
+        return update
+    every = max(1, total // 10)
+
+    def lines(step, record):
+        if step is not None and (step % every == 0 or step == total):
+            extra = f" kl {record['kl_bits']:.3f} bits" if "kl_bits" in record else ""
+            vals = " ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
+            print(f"{name}: step {step}/{total} loss {record['loss']:.4f}{extra} "
+                  f"{record['tokens_per_s']:.0f} tok/s {vals}", file=sys.stderr, flush=True)
+    return lines

@@ -1,0 +1,105 @@
+"""`ftbench train-pair`: every arm of a pair from one config, resumable as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ftbench.config.loader import dump_pair_config
+from ftbench.config.schema import PairConfig
+from ftbench.data.pipeline import prepare_data
+from ftbench.model.accounting import model_cost
+from ftbench.training.arms import Arm, pair_arms
+from ftbench.training.distributed import DistContext, barrier, init_distributed
+from ftbench.training.export import CONFIG, save_pretrained
+from ftbench.training.loop import train_arm
+
+
+def run_dir(cfg: PairConfig) -> Path:
+    return Path(cfg.run.out_dir) / cfg.run.name
+
+
+def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
+    """What a checkpoint must agree with to be resumed: anything that changes the steps."""
+    def h(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    run = dataclasses.asdict(cfg.run)
+    for free_to_change in ("checkpoint_every", "eval_every", "val_batches", "out_dir",
+                           "compile", "activation_checkpointing", "matched_control"):
+        run.pop(free_to_change)
+    return {"arm": arm.name, "model": h(dataclasses.asdict(arm.model)), "kappa_bits": arm.kappa_bits,
+            "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key}
+
+
+def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
+    """Resolved config, per-arm parameters and FLOPs, a memory estimate; trains nothing."""
+    vocab = vocab_size or cfg.model.vocab_size
+    arms = pair_arms(cfg, vocab)
+    tokens_per_step = cfg.run.batch_size * cfg.data.seq_len
+    out = {"config": dataclasses.asdict(cfg), "tokens_per_step": tokens_per_step,
+           "total_tokens": tokens_per_step * cfg.run.steps, "arms": {}}
+    for arm in arms:
+        cost = model_cost(arm.model, arm.arch, cfg.data.seq_len)
+        # fp32 weights + grads + two AdamW moments; activations are not included.
+        out["arms"][arm.name] = {
+            "arch": arm.arch, "kappa_bits": arm.kappa_bits, "params": cost.params_total,
+            "params_post_sampler": cost.params_post_sampler,
+            "train_flops_per_token": cost.train_flops_per_token,
+            "state_memory_bytes": 16 * cost.params_total,
+            "train_flops_total": cost.train_flops_per_token * tokens_per_step * cfg.run.steps,
+        }
+    return out
+
+
+def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
+               ctx: DistContext | None = None) -> dict:
+    """Train every arm not yet exported; return a summary per arm."""
+    ctx = ctx or init_distributed()
+    root = run_dir(cfg)
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / "pair.yaml.tmp"
+        tmp.write_text(dump_pair_config(cfg))
+        tmp.replace(root / "pair.yaml")
+        data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=log)
+    barrier(ctx)
+    if not ctx.is_main:  # the cache is complete now; every rank memory-maps the same files
+        data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=lambda m: None)
+    torch.manual_seed(cfg.run.seed)
+    summary = {}
+    for arm in pair_arms(cfg, data.tokenizer.vocab_size):
+        arm_dir = root / arm.name
+        exported = arm_dir / CONFIG
+        if exported.is_file():
+            meta = json.loads(exported.read_text())
+            if meta.get("steps") == cfg.run.steps and meta.get("data_key") == data.meta["key"]:
+                log(f"{arm.name}: already trained ({exported}); skipping")
+                summary[arm.name] = meta.get("summary", {})
+                continue
+        fingerprint = arm_fingerprint(cfg, arm, data.meta["key"])
+        result = train_arm(arm, cfg, data.train, data.val, arm_dir, ctx, fingerprint, log=log)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict)
+        state = get_model_state_dict(result.model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        info = {"tokens_per_s": result.tokens_per_s, "mfu": result.mfu,
+                "peak_memory_bytes": result.peak_memory_bytes, "wall_s": result.wall_s,
+                "final_val": result.final_val, "world_size": ctx.world,
+                "device": str(ctx.device)}
+        if ctx.is_main:
+            save_pretrained(state, arm.model, arm.arch, data.tokenizer, arm_dir, extra={
+                "arm": arm.name, "kappa_bits": arm.kappa_bits, "steps": result.steps,
+                "seed": cfg.run.seed, "data_key": data.meta["key"], "summary": info,
+                "pair_config": dataclasses.asdict(cfg)})
+            log(f"{arm.name}: exported to {arm_dir} "
+                f"({', '.join(f'{k} {v:.4f}' for k, v in result.final_val.items())})")
+        barrier(ctx)
+        summary[arm.name] = info
+        del result
+    return summary
