@@ -26,3 +26,15 @@ def toy_pair(toy_cfg):
 
 def z_gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+from pathlib import Path  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "SHA256SUMS").is_file():
+        pytest.fail(f"the shared data mirror is missing at {DATA_DIR}")
+    return DATA_DIR

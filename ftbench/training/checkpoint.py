@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ftbench.training.distributed import DistContext, barrier
@@ -86,7 +87,7 @@ class Checkpointer:
         state = {"model": model_sd, "optim": optim_sd}
         try:
             dcp.load(state, checkpoint_id=str(path))
-        except Exception as e:
+        except (Exception, CheckpointException) as e:
             raise CheckpointError(f"checkpoint {path} is corrupt or incomplete ({e}); delete "
                                   "that folder to resume from the one before") from None
         set_state_dict(model, optim, model_state_dict=state["model"],

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+import ftbench.training.loop as loop
+from ftbench.data.pipeline import prepare_data
+from ftbench.data.sampler import BatchSampler
+from ftbench.training.arms import pair_arms
+from ftbench.training.checkpoint import CheckpointError
+from ftbench.training.distributed import DistContext
+from ftbench.training.export import load_pretrained
+from ftbench.training.loop import TrainingError, build_arm_model, train_arm
+from ftbench.training.pair import arm_fingerprint, run_dir, train_pair
+from tests.training.helpers import tiny_pair_config
+
+CTX = DistContext()
+
+
+def _quiet(*_):
+    pass
+
+
+def test_arms_share_batches_and_initial_decoder(tmp_path):
+    cfg = tiny_pair_config(tmp_path, matched_control=True)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arms = pair_arms(cfg, data.tokenizer.vocab_size)
+    assert [a.name for a in arms] == ["baseline", "free-k0p5", "baseline-control"]
+    base, free = (build_arm_model(a, cfg, CTX) for a in arms[:2])
+    fp = dict(free.named_parameters())
+    for name, p in base.named_parameters():
+        assert torch.equal(p, fp[name]), name
+    # The batches come from one sampler, a pure function of (seed, step): same for every arm.
+    s1 = BatchSampler(data.train, cfg.data.seq_len, cfg.run.batch_size, cfg.run.seed)
+    s2 = BatchSampler(data.train, cfg.data.seq_len, cfg.run.batch_size, cfg.run.seed)
+    for step in range(5):
+        assert torch.equal(s1.batch(step), s2.batch(step))
+    assert base.cfg == free.cfg  # the resolved model configs of a pair are identical
+
+
+@pytest.mark.parametrize("arm_index", [0, 1])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, arm_index):
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[arm_index]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    straight = train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
+    cut = train_arm(arm, cfg, data.train, data.val, tmp_path / "b", CTX, fp, log=_quiet,
+                    stop_after=3)
+    assert cut.steps == 3
+    resumed = train_arm(arm, cfg, data.train, data.val, tmp_path / "b", CTX, fp, log=_quiet)
+    assert resumed.steps == 6
+    for (n, a), (_, b) in zip(straight.model.state_dict().items(),
+                              resumed.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    lines = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 7))
+
+
+def test_train_pair_exports_loadable_models_and_skips_finished_arms(tmp_path):
+    cfg = tiny_pair_config(tmp_path)
+    summary = train_pair(cfg, log=_quiet, ctx=CTX)
+    assert set(summary) == {"baseline", "free-k0p5"}
+    root = run_dir(cfg)
+    for arm in summary:
+        model, tok, meta = load_pretrained(root / arm)
+        assert meta["steps"] == 6 and meta["arm"] == arm
+        records = [json.loads(l) for l in (root / arm / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == 6 and "val_" + ("ce" if arm == "baseline" else "elbo") \
+            in records[-1]
+        if arm.startswith("free"):
+            assert "val_ce_prior" in records[-1] and "val_ce" not in records[-1]
+    model, tok, _ = load_pretrained(root / "baseline")
+    x = torch.tensor([tok.encode("Q>__QQQQQQQQ")])
+    logits = model(x).logits_BTV
+    assert torch.isfinite(logits).all()
+    logs = []
+    train_pair(cfg, log=logs.append, ctx=CTX)
+    assert sum("already trained" in m for m in logs) == 2
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX,
+              arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet, stop_after=3)
+    cfg.optim.lr = 1e-2
+    with pytest.raises(CheckpointError, match="another config.*optim"):
+        train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX,
+                  arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet, stop_after=3)
+    ckpt = tmp_path / "a" / "checkpoints" / "step_00000003"
+    for f in ckpt.glob("*.distcp"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or incomplete"):
+        train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(tmp_path, monkeypatch):
+    cfg = tiny_pair_config(tmp_path, checkpoint_every=2)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
+    real = loop.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        out = real(*args, **kw)
+        if calls["n"] == 4:  # the 4th step's loss becomes NaN
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(loop, "forward_loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss.*step 3.*intact"):
+        train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX,
+                  arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet)
+    done = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert done == ["step_00000002"]
