@@ -145,6 +145,23 @@ def train_pair(
     run_train_pair(cfg, fail=_fail)
 
 
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="An exported arm, e.g. models/toy/baseline."),
+    hf: Path = typer.Option(..., "--hf", help="Write a Hugging Face LlamaForCausalLM folder here."),
+) -> None:
+    """Export a trained baseline as a Hugging Face Llama folder (config, safetensors,
+    tokenizer) that `transformers` loads offline. Free models have no such equivalent."""
+    from ftbench.interop.hf_llama import export_hf
+    from ftbench.training.export import ModelLoadError
+
+    try:
+        out = export_hf(model_dir, hf)
+    except ModelLoadError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_() -> None:
     """Evaluate trained models on code, math and QA suites. (Not implemented yet.)"""

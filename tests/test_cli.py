@@ -8,7 +8,7 @@ from ftbench.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["presets"], ["train-pair"], ["eval"],
+@pytest.mark.parametrize("command", [[], ["info"], ["presets"], ["train-pair"], ["export"], ["eval"],
                                      ["report"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
@@ -37,3 +37,22 @@ def test_unknown_preset_is_a_clear_error():
 def test_unfinished_commands_say_so():
     result = runner.invoke(app, ["report"])
     assert result.exit_code == 3 and "not implemented" in result.output
+
+
+def test_train_pair_dry_run_prints_arms_and_trains_nothing(tmp_path):
+    result = runner.invoke(app, ["train-pair", "--size", "toy", "--dry-run",
+                                 "--set", f"run.out_dir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.output and "free-k0p5" in result.output
+    assert "tokens per step" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_pair_bad_input_exits_with_a_message(tmp_path):
+    result = runner.invoke(app, ["train-pair", "--size", "toy", "--set", "optim.lrr=1"])
+    assert result.exit_code == 2 and "optim.lrr: unknown key" in result.output
+    result = runner.invoke(app, ["train-pair"])
+    assert result.exit_code == 2 and "--size" in result.output
+    result = runner.invoke(app, ["train-pair", "--size", "toy", "--data-dir",
+                                 str(tmp_path / "absent"), "--set", f"run.out_dir={tmp_path}"])
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -1,0 +1,1 @@
+"""Conversions to other ecosystems (Hugging Face transformers). """
