@@ -32,6 +32,22 @@ def go_offline() -> None:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def check_hub_reachable(timeout: float = 5.0) -> None:
+    """Fail fast, with a fix, when the hub cannot be reached (instead of slow retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or endpoint, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise DataError(f"online mode, but the Hugging Face hub ({endpoint}) is unreachable "
+                        f"({e}). Use a local mirror with --data-dir or $FTBENCH_DATA_DIR, or "
+                        "check the network.") from None
+
+
 def resolve_path(path: str, data_dir: Path | None) -> Path:
     p = Path(path).expanduser()
     if not p.is_absolute():

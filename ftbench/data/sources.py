@@ -15,7 +15,7 @@ from typing import Iterator
 from ftbench.config.schema import SourceConfig
 from ftbench.data import synthetic
 from ftbench.data.errors import DataError
-from ftbench.data.mirror import resolve_path
+from ftbench.data.mirror import check_hub_reachable, resolve_path
 
 STDLIB_SKIP = ("test", "tests", "idlelib", "site-packages")
 
@@ -87,6 +87,7 @@ def iter_hf(src: SourceConfig, label: str, offline: bool) -> Iterator[Document]:
         raise DataError(f"source {label}: hf sources need the Hugging Face hub, but a local data "
                         "mirror is in use (offline). Download the stream to JSON Lines once and "
                         "use a jsonl source instead.")
+    check_hub_reachable()
     try:
         import datasets
     except ImportError:

@@ -28,6 +28,17 @@ def model_class(arch: str) -> type[BaselineDecoder]:
     return _CLASSES[arch]
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name without torch.compile / activation-checkpointing wrappers, so
+    seeds, checkpoints and exports do not depend on those run-time choices."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 def param_seed(seed: int, name: str) -> int:
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -57,8 +68,10 @@ def _copy_full(param: torch.Tensor, full: torch.Tensor) -> None:
 
 @torch.no_grad()
 def init_weights(model: BaselineDecoder, seed: int) -> None:
+    cfg = model.cfg
     for name, param in model.named_parameters():
-        std = init_std_for(model.cfg, name)
+        name = canonical_name(name)
+        std = init_std_for(cfg, name)
         if std is None:
             _copy_full(param, torch.ones(param.shape, dtype=param.dtype))
             continue

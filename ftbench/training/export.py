@@ -12,7 +12,7 @@ import torch
 
 from ftbench.data.tokenizer import Tokenizer
 from ftbench.model.config import ModelConfig
-from ftbench.model.factory import build_model
+from ftbench.model.factory import build_model, canonical_name
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -21,20 +21,13 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def _strip_wrappers(name: str) -> str:
-    # torch.compile and activation checkpointing prefix parameter names; exports never do.
-    for prefix in ("_orig_mod.", "_checkpoint_wrapped_module."):
-        name = name.replace(prefix, "")
-    return name
-
-
 def save_pretrained(state_dict: dict, cfg: ModelConfig, arch: str, tokenizer: Tokenizer,
                     directory: Path, extra: dict | None = None) -> None:
     """Write atomically: a crash leaves the old export or none, never half of one."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {_strip_wrappers(k): v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tensors = {canonical_name(k): v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"arch": arch})
     os.replace(tmp, directory / WEIGHTS)

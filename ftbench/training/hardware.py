@@ -13,8 +13,8 @@ _GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_matmul_peak(threads: int, n: int = 1024, repeats: int = 5) -> float:
-    """fp32 matmul rate measured on this machine (best of a few 1024^2 products)."""
+def _cpu_matmul_peak(threads: int, n: int = 2048, repeats: int = 4) -> float:
+    """fp32 matmul rate measured on this machine (best of a few 2048^2 products)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")

@@ -75,3 +75,11 @@ def test_shards_are_built_once_and_reused(tmp_path):
     assert not logs and np.array_equal(first.train, second.train)
     text = first.tokenizer.decode(first.train[:67].tolist())
     assert text[1] == ">" and text.endswith("<|endoftext|>")
+
+
+def test_unreachable_hub_in_online_mode_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("FTBENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    cfg = DataConfig(sources=[SourceConfig(kind="hf", hf_id="roneneldan/TinyStories")])
+    with pytest.raises(DataError, match="hub .* is unreachable.*--data-dir"):
+        prepare_data(cfg, 0, tmp_path)

@@ -124,3 +124,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(tmp_path, monkeypat
                   arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet)
     done = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
     assert done == ["step_00000002"]
+
+
+@pytest.mark.parametrize("change", [{"grad_accum": 2}, {"activation_checkpointing": True}])
+def test_accumulation_and_activation_checkpointing_do_not_change_training(tmp_path, change):
+    """Both are memory/speed knobs: the losses must match a plain run."""
+    losses = {}
+    for label, run in (("plain", {}), ("knob", change)):
+        cfg = tiny_pair_config(tmp_path / label, steps=4, **run)
+        data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+        arm = pair_arms(cfg, data.tokenizer.vocab_size)[1]  # the Free arm: Z per sequence too
+        train_arm(arm, cfg, data.train, data.val, tmp_path / label / "arm", CTX,
+                  arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet)
+        losses[label] = [json.loads(l)["loss"] for l in
+                         (tmp_path / label / "arm" / "metrics.jsonl").read_text().splitlines()]
+    assert max(abs(a - b) for a, b in zip(losses["plain"], losses["knob"])) < 1e-5, losses
