@@ -28,9 +28,12 @@ def z_gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The offline mirror: $FTBENCH_DATA_DIR (set by `make test`), else ../shared/data.
+DATA_DIR = Path(os.environ.get("FTBENCH_DATA_DIR") or
+                Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,17 @@ class FreeTransformer(BaselineDecoder):
         """0-based index of block L/2+1, the only block that sees R."""
         return self.cfg.n_layers // 2
 
+    @torch.no_grad()
+    def latent_logits(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
+                      valid_BT: torch.Tensor | None = None,
+                      encoder_mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's bit logits (B, T, H), seeing only `encoder_mask_BT` (default: valid)
+        tokens. Lets an evaluator sample several posterior Z draws from one encoder pass."""
+        rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, None)
+        x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.inject_layer, rope, mask, None)
+        seen_BT = encoder_mask_BT if encoder_mask_BT is not None else valid_BT
+        return self.encoder(x_BTD, rope, AttentionMask.bidirectional(seen_BT))
+
     def forward(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
                 valid_BT: torch.Tensor | None = None, cache: DecodeCache | None = None,
                 latent: LatentMode = "posterior", z_BT: torch.Tensor | None = None,

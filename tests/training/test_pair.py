@@ -139,3 +139,15 @@ def test_accumulation_and_activation_checkpointing_do_not_change_training(tmp_pa
         losses[label] = [json.loads(l)["loss"] for l in
                          (tmp_path / label / "arm" / "metrics.jsonl").read_text().splitlines()]
     assert max(abs(a - b) for a, b in zip(losses["plain"], losses["knob"])) < 1e-5, losses
+
+
+def test_bf16_autocast_smoke(tmp_path):
+    # bf16 is 20-30x slower than fp32 on these CPUs: one tiny run checks the code path.
+    cfg = tiny_pair_config(tmp_path, steps=2, dtype="bfloat16")
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    for arm in pair_arms(cfg, data.tokenizer.vocab_size):
+        result = train_arm(arm, cfg, data.train, data.val, tmp_path / arm.name, CTX,
+                           arm_fingerprint(cfg, arm, data.meta["key"]), log=_quiet)
+        assert result.steps == 2 and all(map(torch.isfinite, map(torch.tensor,
+                                                                 result.final_val.values())))
+        assert next(result.model.parameters()).dtype == torch.float32  # master weights stay fp32

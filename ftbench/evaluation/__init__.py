@@ -1,0 +1,1 @@
+"""Evaluation: leak-free scoring for both architectures, harness adapters."""
