@@ -14,7 +14,7 @@ prompt too; `shared_z_BS` imposes one Z sequence per row (for shared-Z studies).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -99,7 +99,11 @@ def generate(model: BaselineDecoder, prompts: Sequence[Sequence[int]], cfg: Samp
              *, pad_id: int = 0, token_generator: torch.Generator | None = None,
              z_generator: torch.Generator | None = None, z_protocol: ZProtocol = "posterior",
              shared_z_BS: torch.Tensor | None = None,
-             return_logits: bool = False) -> GenerationOutput:
+             return_logits: bool = False, stop_strings: Sequence[str] = (),
+             decode: Callable[[list[int]], str] | None = None) -> GenerationOutput:
+    """Generate up to cfg.max_new_tokens per prompt. A row ends at a stop token, or, when
+    `stop_strings` and `decode` are given, as soon as its decoded text contains one of
+    them (the caller cuts the text there)."""
     device = next(model.parameters()).device
     tokens_BP, valid_BP, positions_BP = left_pad(prompts, pad_id, device)
     B, P = tokens_BP.shape
@@ -127,6 +131,11 @@ def generate(model: BaselineDecoder, prompts: Sequence[Sequence[int]], cfg: Samp
         new_tokens = torch.cat((new_tokens, tok_B[:, None]), dim=1)
         if len(stop_ids):
             done_B |= torch.isin(tok_B, stop_ids)
+        if stop_strings and decode is not None:
+            for b in (~done_B).nonzero().flatten().tolist():
+                text = decode(new_tokens[b].tolist())
+                if any(stop in text for stop in stop_strings):
+                    done_B[b] = True
         if bool(done_B.all()) or step == cfg.max_new_tokens - 1:
             break
         out = model(tok_B[:, None], positions_BT=next_pos_B[:, None], cache=cache,

@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+
+from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+from ftbench.training.distributed import DistContext
+from ftbench.training.pair import run_dir, train_pair
+from tests.training.helpers import tiny_pair_config
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory):
+    cfg = tiny_pair_config(tmp_path_factory.mktemp("lmeval"), steps=20)
+    train_pair(cfg, log=lambda m: None, ctx=DistContext())
+    return run_dir(cfg)
+
+
+def _ll(args):
+    return Instance(request_type="loglikelihood", doc={}, arguments=args, idx=0)
+
+
+def test_registered_under_its_name():
+    assert get_model("ftbench") is FtbenchLM
+
+
+def test_loglikelihood_equals_a_direct_computation(pair_dir):
+    lm = FtbenchLM(path=str(pair_dir / "baseline"), batch_size=2)
+    reqs = [("Q>____", "QQQQ"), ("B>", "__!_"), ("Z>__ZZ", "ZZZZZZ")]
+    out = lm.loglikelihood([_ll(r) for r in reqs], disable_tqdm=True)
+    model, tok = lm.model, lm.tokenizer
+    for (ctx, cont), (lp, greedy) in zip(reqs, out):
+        c, t = tok.encode(ctx), tok.encode(cont)
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([c + t[:-1]])).logits_BTV[0], -1)
+        ref = sum(float(logp[len(c) - 1 + i, x]) for i, x in enumerate(t))
+        assert abs(lp - ref) < 1e-5
+    assert lm.protocol_record() == {"arch": "baseline"}
+
+
+def test_rolling_loglikelihood_scores_every_token_once(pair_dir):
+    lm = FtbenchLM(path=str(pair_dir / "baseline"))
+    text = "K>___KKKKKKKK___!" * 3  # one window (max_length 64)
+    (total,) = lm.loglikelihood_rolling(
+        [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)],
+        disable_tqdm=True)
+    ids = [lm.eot_token_id] + lm.tok_encode(text)
+    with torch.no_grad():
+        logp = F.log_softmax(lm.model(torch.tensor([ids[:-1]])).logits_BTV[0], -1)
+    ref = sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1))
+    assert abs(total - ref) < 1e-4
+
+
+@pytest.mark.parametrize("arm", ["baseline", "free-k0p5"])
+def test_generate_until_stops_at_the_stop_string(pair_dir, arm):
+    lm = FtbenchLM(path=str(pair_dir / arm), max_gen_toks=40)
+    req = Instance(request_type="generate_until", doc={}, idx=0,
+                   arguments=("M>", {"until": ["!"], "max_gen_toks": 40}))
+    free_run = Instance(request_type="generate_until", doc={}, idx=0,
+                        arguments=("M>", {"until": [], "max_gen_toks": 40}))
+    (cut,) = lm.generate_until([req], disable_tqdm=True)
+    (full,) = lm.generate_until([free_run], disable_tqdm=True)
+    assert "!" not in cut
+    assert cut == full.split("!")[0]
+
+
+def test_free_protocol_is_recorded(pair_dir):
+    lm = FtbenchLM(path=str(pair_dir / "free-k0p5"), z_draws=4, z_seed=7)
+    assert lm.protocol_record() == {"arch": "free", "z_protocol": "posterior", "z_draws": 4,
+                                    "z_seed": 7}
+    (lp, _), = lm.loglikelihood([_ll(("Q>____", "QQQQ"))], disable_tqdm=True)
+    assert lp < 0
+
+
+def test_rolling_windows_cover_texts_longer_than_the_context(pair_dir):
+    lm = FtbenchLM(path=str(pair_dir / "baseline"))
+    short, long = "K>___KKKKKKKK___!" * 3, "K>___KKKKKKKK___!" * 12
+    totals = lm.loglikelihood_rolling(
+        [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0)
+         for t in (short, long)], disable_tqdm=True)
+    assert totals[1] < totals[0] < 0  # 4x the tokens, each scored once
