@@ -162,10 +162,63 @@ def export(
     typer.echo(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_() -> None:
-    """Evaluate trained models on code, math and QA suites. (Not implemented yet.)"""
-    _not_yet("eval")
+@app.command("eval")
+def eval_(
+    model_dirs: list[Path] = typer.Argument(
+        None, help="Exported arms, e.g. models/toy/* (omit with --model oracle)."),
+    suite: str = typer.Option("code,math,qa", "--suite",
+                              help="Suites (code, math, qa) and/or task names (gsm8k, gsm8k_cot, "
+                                   "mmlu, commonsense_qa, humanevalplus, mbppplus), comma-separated."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", help="Score only the first N items of each task (a smoke test: marked "
+                              "in the results and flagged in reports)."),
+    z_draws: int = typer.Option(1, "--z-draws", help="Free models: Z draws per log-likelihood "
+                                "item, combined by log-mean-exp."),
+    z_protocol: str = typer.Option("posterior", "--z-protocol",
+                                   help="Free models: 'posterior' (the encoder sees the context "
+                                        "only, new tokens get prior Z) or 'prior' (uniform Z "
+                                        "everywhere)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Z draws, sampling and few-shot order."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Local mirror laid out like shared/data (offline; default "
+                                 "$FTBENCH_DATA_DIR, else the Hugging Face hub)."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="'oracle': answer with the gold answers through the same code "
+                              "paths; must score 1.0 (checks a data mirror and the harness)."),
+) -> None:
+    """Evaluate trained models on code, math and QA benchmarks.
+
+    Results go to results/<run>/<arm>/<task>.json (a versioned schema with per-item
+    outcomes, data and weight hashes, the Z protocol and library versions). Finished tasks
+    are kept when the same command runs again.
+    """
+    from ftbench.data.errors import DataError
+    from ftbench.evaluation.runner import EvalError, EvalSettings, evaluate_models, expand_suites
+    from ftbench.training.export import ModelLoadError
+
+    try:
+        tasks = expand_suites(suite)
+        if model == "oracle":
+            dirs = [None]
+        elif model is not None:
+            raise EvalError(f"--model: {model!r} is not supported (only 'oracle')")
+        else:
+            if not model_dirs:
+                raise EvalError("give one or more model folders (models/<run>/<arm>) or "
+                                "--model oracle")
+            for d in model_dirs:
+                if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+                    raise EvalError(f"{d} is not an exported ftbench model (config.json and "
+                                    "model.safetensors); train one with `ftbench train-pair`")
+            dirs = list(model_dirs)
+        settings = EvalSettings(limit=limit, z_protocol=z_protocol, z_draws=z_draws, seed=seed,
+                                batch_size=batch_size)
+        evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
+                        results / ".cache")
+    except (EvalError, DataError, ModelLoadError, ValueError) as e:
+        _fail(str(e))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,7 +1,13 @@
-import pytest
-import torch
+import os
+import tempfile
 
-from ftbench.model import build_model, get_preset
+# Keep `datasets`' Arrow caches out of ~/.cache (set before anything imports datasets).
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ftbench-hf-datasets-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ftbench.model import build_model, get_preset  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -100,6 +100,8 @@ class FtbenchLM(TemplateLM):
             max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
             do_sample = bool(gen_kwargs.pop("do_sample", False))
             temperature = float(gen_kwargs.pop("temperature", 0.0)) if do_sample else 0.0
+            # Left-truncate the context so that it and max_new tokens fit the model.
+            max_new = max(1, min(max_new, self.max_length // 2))
             ctx_ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
             gen = generate(self.model, [ctx_ids],
                            SamplingConfig(max_new_tokens=max_new, temperature=temperature,

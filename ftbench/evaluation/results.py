@@ -1,0 +1,109 @@
+"""The results file: one per (run, arm, task), one versioned schema, written atomically.
+
+    results/<run>/<arm>/<task>.json
+    {
+      "schema_version": 1,
+      "task": "gsm8k", "suite": "math", "harness": "lm-eval 0.4.13",
+      "metrics": {"exact_match,strict-match": {"value": 0.1, "stderr": 0.01}, ...},
+      "per_item": {"exact_match,strict-match": {"<doc_id>": 0.0, ...}, ...},
+      "n_items": 1319, "limit": null,
+      "task_version": "3.0", "data": {"mode": "offline", "files": {"gsm8k/test.jsonl": "<sha256>"}},
+      "model": {"path": ..., "run": ..., "arm": ..., "arch": ..., "config_sha256": ...,
+                "weights_sha256": ...},
+      "protocol": {"arch": "free", "z_protocol": "posterior", "z_draws": 1, "z_seed": 0},
+      "seed": 0, "versions": {...}, "git": {"commit": ..., "dirty": ...},
+      "wall_s": 12.3, "created": "2026-11-25T02:00:00Z"
+    }
+Per-item outcomes keep the document ids, so two arms can be compared item by item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+REQUIRED = {"schema_version": int, "task": str, "suite": str, "harness": str, "metrics": dict,
+            "per_item": dict, "n_items": int, "data": dict, "model": dict, "protocol": dict,
+            "seed": int, "versions": dict, "git": dict, "wall_s": float, "created": str}
+
+
+class ResultsError(ValueError):
+    pass
+
+
+def validate_result(data: dict, where: str = "result") -> dict:
+    for key, typ in REQUIRED.items():
+        if key not in data:
+            raise ResultsError(f"{where}: missing field {key!r}")
+        if typ is float and isinstance(data[key], int):
+            continue
+        if not isinstance(data[key], typ):
+            raise ResultsError(f"{where}: field {key!r} should be {typ.__name__}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(f"{where}: schema_version {data['schema_version']} is not "
+                           f"{SCHEMA_VERSION}; re-run the evaluation with this ftbench")
+    if "limit" not in data:
+        raise ResultsError(f"{where}: missing field 'limit'")
+    for name, m in data["metrics"].items():
+        if not isinstance(m, dict) or "value" not in m or "stderr" not in m:
+            raise ResultsError(f"{where}: metric {name!r} needs value and stderr")
+    return data
+
+
+def write_result(path: Path, data: dict) -> None:
+    validate_result(data, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def read_result(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path} is not a readable results file ({e}); delete it to "
+                           "re-run that task") from None
+    return validate_result(data, str(path))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        return {"commit": commit or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ftbench", "torch", "lm-eval", "evalplus", "datasets", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

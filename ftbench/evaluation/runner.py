@@ -1,0 +1,175 @@
+"""`ftbench eval`: every requested task for every model folder, resumable, with results
+files in the documented schema."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ftbench.data.mirror import go_offline, resolve_data_dir
+from ftbench.evaluation.lm_eval_tasks import LM_EVAL_TASKS, build_task_dir, data_fingerprint
+from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha256, git_state,
+                                        library_versions, now_iso, read_result, write_result)
+
+SUITES = {"code": ("humanevalplus", "mbppplus"), "math": ("gsm8k",),
+          "qa": ("mmlu", "commonsense_qa")}
+ALL_TASKS = ("humanevalplus", "mbppplus", *LM_EVAL_TASKS)
+
+
+class EvalError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    limit: int | None = None
+    z_protocol: str = "posterior"
+    z_draws: int = 1
+    seed: int = 0
+    batch_size: int = 8
+    max_gen_toks: int = 256
+
+
+def expand_suites(spec: str) -> list[str]:
+    """'code,math,qa' or task names, in a stable order without repeats."""
+    tasks: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part in SUITES:
+            tasks += SUITES[part]
+        elif part in ALL_TASKS:
+            tasks.append(part)
+        else:
+            raise EvalError(f"--suite: {part!r} is neither a suite ({', '.join(SUITES)}) nor a "
+                            f"task ({', '.join(ALL_TASKS)})")
+    return list(dict.fromkeys(tasks))
+
+
+def suite_of(task: str) -> str:
+    return next(s for s, ts in SUITES.items() if task in ts) if any(
+        task in ts for ts in SUITES.values()) else LM_EVAL_TASKS[task].suite
+
+
+def model_record(model_dir: Path | None) -> dict:
+    if model_dir is None:
+        return {"path": None, "run": "oracle", "arm": "oracle", "arch": "oracle",
+                "config_sha256": None, "weights_sha256": None}
+    import json
+
+    meta = json.loads((model_dir / "config.json").read_text())
+    return {"path": str(model_dir), "run": model_dir.parent.name, "arm": model_dir.name,
+            "arch": meta["arch"], "config_sha256": file_sha256(model_dir / "config.json"),
+            "weights_sha256": file_sha256(model_dir / "model.safetensors")}
+
+
+def _same_settings(old: dict, new: dict) -> bool:
+    keys = ("limit", "protocol", "seed", "data")
+    return all(old.get(k) == new.get(k) for k in keys) and \
+        old["model"].get("weights_sha256") == new["model"].get("weights_sha256")
+
+
+def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings) -> dict:
+    """Run one lm-eval task; metrics (value, stderr) per result row, per-item outcomes."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=[task], task_manager=tm, num_fewshot=LM_EVAL_TASKS[task].num_fewshot,
+        limit=s.limit, log_samples=True, bootstrap_iters=1000, random_seed=s.seed,
+        numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed)
+    metrics, per_item = {}, {}
+    for row, values in res["results"].items():
+        for key, value in values.items():
+            # Metric keys are "<metric>,<filter>"; "alias", "sample_len" and stderrs are not.
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            stderr = values.get(key.replace(",", "_stderr,", 1))
+            name = key if row == task else f"{row}/{key}"
+            metrics[name] = {"value": float(value),
+                             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None}
+    for leaf, samples in res.get("samples", {}).items():
+        for sample in samples:
+            for metric in sample.get("metrics", []):
+                key = f"{metric},{sample.get('filter', 'none')}"
+                name = key if leaf == task else f"{leaf}/{key}"
+                per_item.setdefault(name, {})[str(sample["doc_id"])] = float(sample[metric])
+    versions = res.get("versions", {})
+    n = sum(v.get("effective", 0) for v in res.get("n-samples", {}).values())
+    return {"metrics": metrics, "per_item": per_item, "n_items": int(n),
+            "task_version": str(versions.get(task, "")), "harness": f"lm-eval {lm_eval.__version__}"}
+
+
+def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSettings,
+                    results_root: Path, data_dir: str | None, cache: Path,
+                    log: Callable[[str], None] = print) -> list[Path]:
+    """Evaluate each model on each task; finished tasks with the same settings are kept."""
+    mirror = resolve_data_dir(data_dir)
+    if mirror is not None:
+        go_offline()
+    if s.limit is not None:
+        log(f"WARNING: --limit {s.limit}: only the first {s.limit} items of each task are "
+            "scored; the results are marked and are not comparable to full runs")
+    written = []
+    task_dir = None
+    for model_dir in model_dirs:
+        record = model_record(model_dir)
+        lm = None
+        for task in tasks:
+            out = results_root / record["run"] / record["arm"] / f"{task}.json"
+            protocol = _protocol(model_dir, s)
+            data = data_fingerprint(mirror, task) if task in LM_EVAL_TASKS else None
+            if out.is_file():
+                try:
+                    old = read_result(out)
+                except ResultsError as e:
+                    raise EvalError(f"{e}") from None
+                if _same_settings(old, {"limit": s.limit, "protocol": protocol, "seed": s.seed,
+                                        "data": data, "model": record}):
+                    log(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
+                    written.append(out)
+                    continue
+            if task not in LM_EVAL_TASKS:
+                raise EvalError(f"{task}: code tasks (EvalPlus) are not available in this "
+                                "version of ftbench yet")
+            if task_dir is None:
+                task_dir = build_task_dir(cache, mirror)
+            if lm is None:
+                lm = _make_lm(model_dir, s)
+            t0 = time.perf_counter()
+            log(f"{record['run']}/{record['arm']}/{task}: evaluating")
+            body = lm_eval_result(lm, task, task_dir, s)
+            result = {"schema_version": SCHEMA_VERSION, "task": task, "suite": suite_of(task),
+                      **body, "limit": s.limit, "data": data, "model": record,
+                      "protocol": protocol, "seed": s.seed, "versions": library_versions(),
+                      "git": git_state(), "wall_s": time.perf_counter() - t0,
+                      "created": now_iso()}
+            write_result(out, result)
+            log(f"{record['run']}/{record['arm']}/{task}: " + ", ".join(
+                f"{k} {v['value']:.4f}" for k, v in list(body["metrics"].items())[:3])
+                + f" ({result['wall_s']:.0f}s) -> {out}")
+            written.append(out)
+    return written
+
+
+def _protocol(model_dir: Path | None, s: EvalSettings) -> dict:
+    if model_dir is None:
+        return {"arch": "oracle"}
+    import json
+
+    arch = json.loads((model_dir / "config.json").read_text())["arch"]
+    if arch != "free":
+        return {"arch": arch}
+    return {"arch": "free", "z_protocol": s.z_protocol, "z_draws": s.z_draws, "z_seed": s.seed}
+
+
+def _make_lm(model_dir: Path | None, s: EvalSettings):
+    if model_dir is None:
+        from ftbench.evaluation.oracle import OracleLM
+
+        return OracleLM()
+    from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+
+    return FtbenchLM(path=str(model_dir), batch_size=s.batch_size, z_protocol=s.z_protocol,
+                     z_draws=s.z_draws, z_seed=s.seed, max_gen_toks=s.max_gen_toks)

@@ -1,0 +1,131 @@
+import json
+
+import pytest
+from lm_eval.api.model import LM
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+from ftbench.evaluation.results import ResultsError, read_result, write_result
+from ftbench.evaluation.runner import (EvalError, EvalSettings, evaluate_models, expand_suites,
+                                       lm_eval_result)
+from ftbench.evaluation.lm_eval_tasks import build_task_dir
+from ftbench.training.distributed import DistContext
+from ftbench.training.pair import run_dir, train_pair
+from tests.training.helpers import tiny_pair_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("eval-cache")
+
+
+def test_suites_expand_to_tasks():
+    assert expand_suites("math,qa") == ["gsm8k", "mmlu", "commonsense_qa"]
+    assert expand_suites("gsm8k_cot,math") == ["gsm8k_cot", "gsm8k"]
+    with pytest.raises(EvalError, match="neither a suite"):
+        expand_suites("maths")
+
+
+def test_oracle_scores_one_on_every_lm_eval_task(tmp_path, data_dir, eval_cache):
+    tasks = ["gsm8k", "gsm8k_cot", "commonsense_qa", "mmlu"]
+    paths = evaluate_models([None], tasks, EvalSettings(limit=3), tmp_path, str(data_dir),
+                            eval_cache, log=lambda m: None)
+    for path in paths:
+        result = read_result(path)
+        top = {k: v for k, v in result["metrics"].items() if "/" not in k}
+        assert top and all(v["value"] == 1.0 for v in top.values()), (path.name, top)
+        assert result["limit"] == 3 and result["data"]["mode"] == "offline"
+        assert all(set(items.values()) == {1.0} for items in result["per_item"].values())
+    mmlu = read_result(tmp_path / "oracle" / "oracle" / "mmlu.json")
+    assert mmlu["n_items"] == 57 * 3 and len(mmlu["per_item"]) == 57
+
+
+class ScriptedLM(LM):
+    """Answers GSM8K items with fixed strings, to check extraction and scoring."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = answers
+
+    def generate_until(self, requests, disable_tqdm=False):
+        return [self.answers[r.doc_id] for r in requests]
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+
+def test_gsm8k_extraction_matches_lm_eval_rules(data_dir, eval_cache):
+    # test.jsonl items 0-3 have gold answers 18, 3, 70000, 540.
+    answers = {0: "She makes 9 * 2 = 18 dollars.\n#### 18",   # strict and flexible
+               1: "It takes 3 bolts in total",                # flexible only (last number)
+               2: "#### 70,000",                               # commas are ignored
+               3: "#### 54"}                                   # wrong
+    task_dir = build_task_dir(eval_cache, data_dir)
+    body = lm_eval_result(ScriptedLM(answers), "gsm8k", task_dir, EvalSettings(limit=4))
+    strict = body["per_item"]["exact_match,strict-match"]
+    flexible = body["per_item"]["exact_match,flexible-extract"]
+    assert strict == {"0": 1.0, "1": 0.0, "2": 1.0, "3": 0.0}
+    assert flexible == {"0": 1.0, "1": 1.0, "2": 1.0, "3": 0.0}
+    assert body["metrics"]["exact_match,strict-match"]["value"] == 0.5
+
+
+def test_results_schema_round_trip_and_corruption(tmp_path):
+    good = {"schema_version": 1, "task": "gsm8k", "suite": "math", "harness": "lm-eval",
+            "metrics": {"exact_match,strict-match": {"value": 0.5, "stderr": 0.1}},
+            "per_item": {}, "n_items": 2, "limit": None, "data": {}, "model": {},
+            "protocol": {}, "seed": 0, "versions": {}, "git": {}, "wall_s": 1.0,
+            "created": "2026-01-01T00:00:00Z"}
+    write_result(tmp_path / "r.json", good)
+    assert read_result(tmp_path / "r.json") == good
+    with pytest.raises(ResultsError, match="missing field 'seed'"):
+        write_result(tmp_path / "bad.json", {k: v for k, v in good.items() if k != "seed"})
+    assert not (tmp_path / "bad.json").exists()
+    (tmp_path / "torn.json").write_text('{"schema_version": 1, "task"')
+    with pytest.raises(ResultsError, match="not a readable results file"):
+        read_result(tmp_path / "torn.json")
+
+
+@pytest.fixture(scope="module")
+def toy_pair_dir(tmp_path_factory):
+    cfg = tiny_pair_config(tmp_path_factory.mktemp("evalpair"), steps=4)
+    train_pair(cfg, log=lambda m: None, ctx=DistContext())
+    return run_dir(cfg)
+
+
+def test_eval_cli_runs_a_pair_and_resumes(toy_pair_dir, tmp_path, data_dir):
+    arms = [str(toy_pair_dir / "baseline"), str(toy_pair_dir / "free-k0p5")]
+    args = ["eval", *arms, "--suite", "math,commonsense_qa", "--limit", "2", "--data-dir",
+            str(data_dir), "--results", str(tmp_path), "--z-draws", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "WARNING: --limit 2" in result.output
+    run = toy_pair_dir.name
+    for arm in ("baseline", "free-k0p5"):
+        for task in ("gsm8k", "commonsense_qa"):
+            r = read_result(tmp_path / run / arm / f"{task}.json")
+            assert r["model"]["arm"] == arm and r["limit"] == 2 and r["n_items"] == 2
+    free = read_result(tmp_path / run / "free-k0p5" / "commonsense_qa.json")
+    assert free["protocol"] == {"arch": "free", "z_protocol": "posterior", "z_draws": 2,
+                                "z_seed": 0}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("done already") == 4
+
+
+def test_eval_bad_input_is_clear_and_keeps_results(toy_pair_dir, tmp_path, data_dir):
+    result = runner.invoke(app, ["eval", str(tmp_path / "nowhere"), "--suite", "math"])
+    assert result.exit_code == 2 and "not an exported ftbench model" in result.output
+    result = runner.invoke(app, ["eval", "--model", "oracle", "--suite", "physics"])
+    assert result.exit_code == 2 and "neither a suite" in result.output
+    torn = tmp_path / toy_pair_dir.name / "baseline" / "gsm8k.json"
+    torn.parent.mkdir(parents=True)
+    torn.write_text("{not json")
+    result = runner.invoke(app, ["eval", str(toy_pair_dir / "baseline"), "--suite", "gsm8k",
+                                 "--limit", "1", "--data-dir", str(data_dir), "--results",
+                                 str(tmp_path)])
+    assert result.exit_code == 2 and "not a readable results file" in result.output
+    assert torn.read_text() == "{not json"
