@@ -180,6 +180,10 @@ def eval_(
                                         "everywhere)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Z draws, sampling and few-shot order."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    n_samples: int = typer.Option(1, "--n-samples", help="Code tasks: samples per problem "
+                                  "(1: greedy; more: sampling at --temperature, with pass@k)."),
+    temperature: float = typer.Option(0.8, "--temperature",
+                                      help="Code tasks: sampling temperature when n-samples > 1."),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Local mirror laid out like shared/data (offline; default "
                                  "$FTBENCH_DATA_DIR, else the Hugging Face hub)."),
@@ -214,7 +218,8 @@ def eval_(
                                     "model.safetensors); train one with `ftbench train-pair`")
             dirs = list(model_dirs)
         settings = EvalSettings(limit=limit, z_protocol=z_protocol, z_draws=z_draws, seed=seed,
-                                batch_size=batch_size)
+                                batch_size=batch_size, n_samples=n_samples,
+                                temperature=temperature)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
                         results / ".cache")
     except (EvalError, DataError, ModelLoadError, ValueError) as e:

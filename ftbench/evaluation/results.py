@@ -97,7 +97,8 @@ def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("ftbench", "torch", "lm-eval", "evalplus", "datasets", "transformers"):
+    for pkg in ("ftbench", "torch", "lm-eval", "evalplus", "datasets", "transformers",
+                "tokenizers"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -30,6 +30,10 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 8
     max_gen_toks: int = 256
+    n_samples: int = 1
+    """Code tasks: samples per problem (1: greedy; more: temperature sampling, pass@k)."""
+    temperature: float = 0.8
+    sandbox_parallel: int | None = None
 
 
 def expand_suites(spec: str) -> list[str]:
@@ -101,6 +105,40 @@ def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings) -> dict:
             "task_version": str(versions.get(task, "")), "harness": f"lm-eval {lm_eval.__version__}"}
 
 
+def code_data_fingerprint(mirror: Path | None, task: str, cache: Path) -> dict:
+    from ftbench.evaluation.evalplus_runner import problems_file
+
+    path = problems_file(task, mirror, cache)
+    return {"mode": "offline" if mirror else "online", "files": {path.name: file_sha256(path)}}
+
+
+def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
+                    s: EvalSettings) -> dict:
+    """Generate (in this process), score in EvalPlus's sandbox (another process)."""
+    from ftbench.evaluation import evalplus_runner as ep
+    from ftbench.evaluation.oracle import OracleLM
+
+    problems_path = ep.problems_file(task, mirror, cache)
+    problems = ep.load_problems(problems_path, s.limit)
+    if isinstance(lm, OracleLM):
+        rows = ep.oracle_samples(problems)
+        n = 1
+    else:
+        n = s.n_samples
+        rows = ep.generate_samples(lm, task, problems, n, s.temperature, s.max_gen_toks * 2,
+                                   s.batch_size, s.seed)
+    samples_path = out.with_suffix(".samples.jsonl")
+    ep.write_samples(samples_path, rows)
+    scored = ep.score_samples(task, problems_path, samples_path,
+                              out.with_suffix(".sandbox.json"), cache, s.sandbox_parallel)
+    metrics, per_item = ep.summarise(scored, n)
+    import evalplus
+
+    return {"metrics": metrics, "per_item": per_item, "n_items": len(problems),
+            "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",
+            "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"]}
+
+
 def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSettings,
                     results_root: Path, data_dir: str | None, cache: Path,
                     log: Callable[[str], None] = print) -> list[Path]:
@@ -119,7 +157,8 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
         for task in tasks:
             out = results_root / record["run"] / record["arm"] / f"{task}.json"
             protocol = _protocol(model_dir, s)
-            data = data_fingerprint(mirror, task) if task in LM_EVAL_TASKS else None
+            data = data_fingerprint(mirror, task) if task in LM_EVAL_TASKS else \
+                code_data_fingerprint(mirror, task, cache)
             if out.is_file():
                 try:
                     old = read_result(out)
@@ -130,16 +169,16 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
                     log(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
                     written.append(out)
                     continue
-            if task not in LM_EVAL_TASKS:
-                raise EvalError(f"{task}: code tasks (EvalPlus) are not available in this "
-                                "version of ftbench yet")
-            if task_dir is None:
-                task_dir = build_task_dir(cache, mirror)
             if lm is None:
                 lm = _make_lm(model_dir, s)
             t0 = time.perf_counter()
             log(f"{record['run']}/{record['arm']}/{task}: evaluating")
-            body = lm_eval_result(lm, task, task_dir, s)
+            if task in LM_EVAL_TASKS:
+                if task_dir is None:
+                    task_dir = build_task_dir(cache, mirror)
+                body = lm_eval_result(lm, task, task_dir, s)
+            else:
+                body = evalplus_result(lm, task, mirror, cache, out, s)
             result = {"schema_version": SCHEMA_VERSION, "task": task, "suite": suite_of(task),
                       **body, "limit": s.limit, "data": data, "model": record,
                       "protocol": protocol, "seed": s.seed, "versions": library_versions(),

@@ -1,0 +1,146 @@
+"""HumanEval+ and MBPP+ through EvalPlus: generate in-process, score out-of-process.
+
+Samples (every completion, raw and sanitised) are kept in
+results/<run>/<arm>/<task>.samples.jsonl and each sample's base/plus status in the
+results file, so a score can always be traced to the code that earned it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ftbench.data.errors import DataError
+
+DATASETS = {"humanevalplus": ("humaneval", "humanevalplus/HumanEvalPlus.jsonl.gz",
+                              "HumanEvalPlus-v0.1.10.jsonl"),
+            "mbppplus": ("mbpp", "mbppplus/MbppPlus.jsonl.gz", "MbppPlus-v0.2.0.jsonl")}
+# EvalPlus's stop strings for direct completion (evalplus.provider.utility).
+EXTRA_EOS = {"humaneval": ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "],
+             "mbpp": ['\n"""', "\nassert"]}
+SCORE_TIMEOUT_S = 3600
+
+
+def problems_file(task: str, data_dir: Path | None, cache: Path) -> Path:
+    """The decompressed problem file (EvalPlus hashes the plain .jsonl)."""
+    _, rel, name = DATASETS[task]
+    out = cache / "evalplus-data" / name
+    if out.is_file():
+        return out
+    if data_dir is None:
+        raise DataError(f"{task}: online mode for code tasks is not supported yet; use a "
+                        "local mirror (--data-dir) holding humanevalplus/ and mbppplus/")
+    src = data_dir / rel
+    if not src.is_file():
+        raise DataError(f"the data mirror {data_dir} lacks {rel}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with gzip.open(src, "rb") as f, open(tmp, "wb") as g:
+        shutil.copyfileobj(f, g)
+    tmp.replace(out)
+    return out
+
+
+def load_problems(path: Path, limit: int | None) -> list[dict]:
+    problems = [json.loads(line) for line in open(path, encoding="utf-8")]
+    return problems[:limit] if limit else problems
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def score_samples(task: str, problems: Path, samples: Path, out: Path, cache: Path,
+                  parallel: int | None = None, timeout_retries: int = 1) -> dict:
+    dataset = DATASETS[task][0]
+    cmd = [sys.executable, "-m", "ftbench.evaluation.evalplus_score", "--dataset", dataset,
+           "--problems", str(problems), "--samples", str(samples), "--out", str(out),
+           "--cache", str(cache), "--timeout-retries", str(timeout_retries)]
+    if parallel:
+        cmd += ["--parallel", str(parallel)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCORE_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"EvalPlus scoring of {samples} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def summarise(scored: dict, n_samples: int) -> tuple[dict, dict]:
+    """Metrics (base and plus pass@k, with stderr over problems) and per-problem outcomes."""
+    by_task: dict[str, list[tuple[bool, bool]]] = {}
+    for r in scored["results"]:
+        base = r["base_status"] == "pass"
+        by_task.setdefault(r["task_id"], []).append((base, base and r["plus_status"] == "pass"))
+    metrics, per_item = {}, {}
+    ks = [k for k in (1, 5, 10, 100) if k <= n_samples]
+    for which, col in (("base", 0), ("plus", 1)):
+        for k in ks:
+            vals = [pass_at_k(len(v), sum(x[col] for x in v), k) for v in by_task.values()]
+            mean = sum(vals) / len(vals)
+            var = sum((x - mean) ** 2 for x in vals) / max(1, len(vals) - 1)
+            metrics[f"pass@{k},{which}"] = {"value": mean, "stderr": math.sqrt(var / len(vals))}
+        per_item[f"pass@1,{which}"] = {t: sum(x[col] for x in v) / len(v)
+                                       for t, v in by_task.items()}
+    return metrics, per_item
+
+
+def write_samples(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def oracle_samples(problems: list[dict]) -> list[dict]:
+    return [{"task_id": p["task_id"], "index": 0, "solution": p["prompt"] + p["canonical_solution"]}
+            for p in problems]
+
+
+def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temperature: float,
+                     max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
+    """Direct completion of each prompt; cut at EvalPlus's stop strings; sanitised."""
+    import torch
+    from evalplus.sanitize import sanitize
+    from tqdm import tqdm
+
+    from ftbench.inference.generation import SamplingConfig, generate
+
+    dataset = DATASETS[task][0]
+    stops = EXTRA_EOS[dataset]
+    tok, model = lm.tokenizer, lm.model
+    jobs = [(p, i) for p in problems for i in range(n_samples)]
+    rows = []
+    budget = max(1, min(max_new_tokens, model.cfg.max_seq_len // 2))
+    cfg = SamplingConfig(max_new_tokens=budget, temperature=temperature if n_samples > 1 else 0.0,
+                         top_p=0.95 if n_samples > 1 else 1.0, stop_token_ids=(tok.eot_id,))
+    for s in tqdm(range(0, len(jobs), batch_size), desc=f"{task} generation"):
+        chunk = jobs[s:s + batch_size]
+        prompts = [tok.encode(p["prompt"])[-(model.cfg.max_seq_len - budget):] or [tok.eot_id]
+                   for p, _ in chunk]
+        out = generate(model, prompts, cfg, pad_id=tok.pad_id, z_protocol=lm.z.protocol,
+                       z_generator=torch.Generator().manual_seed(seed + s),
+                       token_generator=torch.Generator().manual_seed(seed + 10_000 + s),
+                       stop_strings=stops, decode=tok.decode)
+        for (p, i), ids in zip(chunk, out.tokens):
+            if ids and ids[-1] == tok.eot_id:
+                ids = ids[:-1]
+            raw = tok.decode(ids)
+            completion = raw
+            for stop in stops:
+                completion = completion.split(stop)[0]
+            code = p["prompt"] + completion
+            rows.append({"task_id": p["task_id"], "index": i, "raw": raw,
+                         "completion": completion,
+                         "solution": sanitize(code, p["entry_point"]) or code})
+    return rows
