@@ -185,8 +185,9 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
                       "git": git_state(), "wall_s": time.perf_counter() - t0,
                       "created": now_iso()}
             write_result(out, result)
+            headline = sorted(body["metrics"].items(), key=lambda kv: "/" in kv[0])[:3]
             log(f"{record['run']}/{record['arm']}/{task}: " + ", ".join(
-                f"{k} {v['value']:.4f}" for k, v in list(body["metrics"].items())[:3])
+                f"{k} {v['value']:.4f}" for k, v in headline)
                 + f" ({result['wall_s']:.0f}s) -> {out}")
             written.append(out)
     return written

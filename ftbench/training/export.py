@@ -32,7 +32,8 @@ def save_pretrained(state_dict: dict, cfg: ModelConfig, arch: str, tokenizer: To
     save_file(tensors, str(tmp), metadata={"arch": arch})
     os.replace(tmp, directory / WEIGHTS)
     tokenizer.save(directory)
-    meta = {"arch": arch, "model": asdict(cfg), **(extra or {})}
+    meta = {"arch": arch, "model": asdict(cfg), "tokenizer_sha256": tokenizer.fingerprint(),
+            **(extra or {})}
     tmp = directory / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, directory / CONFIG)
@@ -59,6 +60,10 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu"):
         raise ModelLoadError(f"{directory / WEIGHTS} does not match its config: missing "
                              f"{missing[:3]}, unexpected {unexpected[:3]}")
     tokenizer = Tokenizer.load(directory)
+    expected = meta.get("tokenizer_sha256")
+    if expected and tokenizer.fingerprint() != expected:
+        raise ModelLoadError(f"the tokenizer in {directory} is not the one this model was "
+                             "trained with (sha256 differs); restore the original tokenizer.json")
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ModelLoadError(f"tokenizer in {directory} has {tokenizer.vocab_size} tokens but "
                              f"the model only {cfg.vocab_size}")

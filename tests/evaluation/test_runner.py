@@ -129,3 +129,20 @@ def test_eval_bad_input_is_clear_and_keeps_results(toy_pair_dir, tmp_path, data_
                                  str(tmp_path)])
     assert result.exit_code == 2 and "not a readable results file" in result.output
     assert torn.read_text() == "{not json"
+
+
+def test_missing_mirror_files_and_mismatched_tokenizer(toy_pair_dir, tmp_path):
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    result = runner.invoke(app, ["eval", "--model", "oracle", "--suite", "gsm8k",
+                                 "--data-dir", str(empty), "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "lacks gsm8k/train.jsonl" in result.output
+    import shutil
+
+    from ftbench.data.tokenizer import train_bpe
+    arm = tmp_path / "arm"
+    shutil.copytree(toy_pair_dir / "baseline", arm)
+    train_bpe(["some text " * 50, "other words " * 50], vocab_size=300).save(arm)
+    result = runner.invoke(app, ["eval", str(arm), "--suite", "gsm8k", "--limit", "1",
+                                 "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "tokenizer" in result.output
