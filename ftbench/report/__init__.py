@@ -1,0 +1,1 @@
+"""Reports: statistics of paired comparisons, tables and plots built from results files."""
