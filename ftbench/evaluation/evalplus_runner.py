@@ -63,8 +63,9 @@ def score_samples(task: str, problems: Path, samples: Path, out: Path, cache: Pa
                   parallel: int | None = None, timeout_retries: int = 1) -> dict:
     dataset = DATASETS[task][0]
     cmd = [sys.executable, "-m", "ftbench.evaluation.evalplus_score", "--dataset", dataset,
-           "--problems", str(problems), "--samples", str(samples), "--out", str(out),
-           "--cache", str(cache), "--timeout-retries", str(timeout_retries)]
+           "--problems", str(problems.resolve()), "--samples", str(samples.resolve()),
+           "--out", str(out.resolve()), "--cache", str(cache.resolve()),
+           "--timeout-retries", str(timeout_retries)]
     if parallel:
         cmd += ["--parallel", str(parallel)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCORE_TIMEOUT_S,

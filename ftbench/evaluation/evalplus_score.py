@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--memory-bytes", type=int, default=12 * 10**9)
     ap.add_argument("--timeout-retries", type=int, default=1)
     args = ap.parse_args()
+    # The sandbox changes directory below: every path must survive that.
+    for name in ("problems", "samples", "out", "cache"):
+        setattr(args, name, os.path.abspath(getattr(args, name)))
 
     # Both must be set before evalplus is imported: it reads them at import time.
     os.environ["HUMANEVAL_OVERRIDE_PATH" if args.dataset == "humaneval"

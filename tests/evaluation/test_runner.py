@@ -146,3 +146,14 @@ def test_missing_mirror_files_and_mismatched_tokenizer(toy_pair_dir, tmp_path):
     result = runner.invoke(app, ["eval", str(arm), "--suite", "gsm8k", "--limit", "1",
                                  "--results", str(tmp_path / "r")])
     assert result.exit_code == 2 and "tokenizer" in result.output
+
+
+def test_relative_results_folder_works(toy_pair_dir, tmp_path, data_dir, monkeypatch):
+    # The sandbox changes directory: relative output paths must still land in place.
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["eval", "--model", "oracle", "--suite", "humanevalplus",
+                                 "--limit", "2", "--data-dir", str(data_dir),
+                                 "--results", "rel-results"])
+    assert result.exit_code == 0, result.output
+    r = read_result(tmp_path / "rel-results" / "oracle" / "oracle" / "humanevalplus.json")
+    assert r["metrics"]["pass@1,plus"]["value"] == 1.0
