@@ -23,12 +23,13 @@ $(STAMP): pyproject.toml
 DATA_DIR ?= ../shared/data
 
 ## The main job: the toy demo (cost accounting, a toy pair trained on the mirror, then
-## evaluated on every suite with a small limit). The report step arrives with `ftbench report`.
+## evaluated on every suite with a small limit, then the Markdown report).
 demo: $(STAMP)
 	$(BIN)/ftbench info --size toy
 	$(BIN)/ftbench train-pair --size toy --data-dir $(DATA_DIR)
 	$(BIN)/ftbench eval models/toy/baseline models/toy/free-k0p5 --suite code,math,qa \
 		--limit 10 --data-dir $(DATA_DIR)
+	$(BIN)/ftbench report toy
 
 ## The test suite as CI runs it (GPU tests are deselected by their marker).
 test: $(STAMP)

@@ -91,11 +91,6 @@ def presets() -> None:
                    f"{_human(b.params_total):>10s}{_human(f.params_total):>10s}")
 
 
-def _not_yet(what: str) -> None:
-    _fail(f"`ftbench {what}` is not implemented in this version of ftbench yet; "
-          "see the open issues.", code=3)
-
-
 @app.command("train-pair")
 def train_pair(
     config: Optional[Path] = typer.Option(
@@ -226,10 +221,30 @@ def eval_(
         _fail(str(e))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def report() -> None:
-    """Build the HTML/Markdown comparison report. (Not implemented yet.)"""
-    _not_yet("report")
+@app.command()
+def report(
+    runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default "
+                                       "reports/<first run>)."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
+    fmt: str = typer.Option("md", "--format", help="Output formats, comma-separated. 'md' "
+                            "now; 'html' and the plots are not built yet."),
+) -> None:
+    """Build the comparison report from results files (nothing is recomputed): the main
+    table of scores with absolute and relative gains over the baseline, paired 95 %
+    intervals and p-values, warnings for --limit runs and mixed protocols or data."""
+    from ftbench.report.collect import ReportError, collect
+    from ftbench.report.markdown import build_markdown, write_markdown
+
+    formats = {f.strip() for f in fmt.split(",") if f.strip()}
+    if formats - {"md"}:
+        _fail(f"--format: {', '.join(sorted(formats - {'md'}))} not available yet (only md)")
+    try:
+        text = build_markdown(collect(results, runs), runs)
+    except (ReportError, ValueError) as e:
+        _fail(str(e))
+    path = write_markdown(text, out or Path("reports") / runs[0])
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -34,9 +34,11 @@ def test_unknown_preset_is_a_clear_error():
     assert "unknown preset '1.5'" in result.output and "1.5b" in result.output
 
 
-def test_unfinished_commands_say_so():
-    result = runner.invoke(app, ["report"])
-    assert result.exit_code == 3 and "not implemented" in result.output
+def test_report_formats_not_built_yet_say_so(tmp_path):
+    result = runner.invoke(app, ["report", "toy", "--format", "html", "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "not available yet" in result.output
+    result = runner.invoke(app, ["report", "toy", "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "no results for run 'toy'" in result.output
 
 
 def test_train_pair_dry_run_prints_arms_and_trains_nothing(tmp_path):

@@ -1,0 +1,88 @@
+"""Results files of one or more runs, gathered for a report (nothing is recomputed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftbench.evaluation.results import ResultsError, read_result
+
+# The headline metric of each task, and how it pools per-item outcomes.
+HEADLINE = {
+    "humanevalplus": "pass@1,plus", "mbppplus": "pass@1,plus",
+    "gsm8k": "exact_match,strict-match", "gsm8k_cot": "exact_match,strict-match",
+    "mmlu": "acc,none", "commonsense_qa": "acc,none",
+}
+SUITE_ORDER = {"code": 0, "math": 1, "qa": 2}
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass
+class ArmResults:
+    run: str
+    arm: str
+    results: dict[str, dict] = field(default_factory=dict)  # task -> results file content
+
+
+def item_outcomes(result: dict) -> dict[str, float]:
+    """Per-item outcomes of the headline metric (MMLU: all subjects pooled)."""
+    metric = HEADLINE[result["task"]]
+    items = result["per_item"]
+    if metric in items:
+        return items[metric]
+    pooled = {}
+    for key, values in items.items():
+        if "/" in key and key.split("/", 1)[1] == metric:
+            subject = key.split("/", 1)[0]
+            pooled.update({f"{subject}:{doc}": v for doc, v in values.items()})
+    if not pooled:
+        raise ReportError(f"{result['task']}: no per-item outcomes for {metric}")
+    return pooled
+
+
+def collect(results_root: Path, runs: list[str]) -> list[ArmResults]:
+    arms = []
+    for run in runs:
+        run_dir = results_root / run
+        if not run_dir.is_dir():
+            raise ReportError(f"no results for run {run!r} in {results_root} (expected "
+                              f"{run_dir}/<arm>/<task>.json); run `ftbench eval` first")
+        for arm_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            found = ArmResults(run, arm_dir.name)
+            for path in sorted(arm_dir.glob("*.json")):
+                if path.name.endswith(".sandbox.json"):
+                    continue
+                try:
+                    r = read_result(path)
+                except ResultsError as e:
+                    raise ReportError(str(e)) from None
+                found.results[r["task"]] = r
+            if found.results:
+                arms.append(found)
+    if not arms:
+        raise ReportError(f"the results folder {results_root} holds no results for "
+                          f"{', '.join(runs)}")
+    return arms
+
+
+def banners(arms: list[ArmResults]) -> list[str]:
+    """Warnings a reader must see before trusting the tables."""
+    out = []
+    limits = {r["limit"] for a in arms for r in a.results.values()}
+    if limits != {None}:
+        lim = sorted(str(x) for x in limits)
+        out.append(f"SMOKE TEST: some results used --limit ({', '.join(lim)}): scores cover "
+                   "only the first items of each task and are not comparable to full runs.")
+    protocols = {(r["protocol"].get("z_protocol"), r["protocol"].get("z_draws"))
+                 for a in arms for r in a.results.values() if r["protocol"].get("arch") == "free"}
+    if len(protocols) > 1:
+        out.append(f"MIXED Z PROTOCOLS across Free results: {sorted(map(str, protocols))}.")
+    for task in sorted({t for a in arms for t in a.results}):
+        versions = {str(a.results[task]["data"]) for a in arms if task in a.results}
+        if len(versions) > 1:
+            out.append(f"MIXED DATA VERSIONS for {task}: the arms were scored on different "
+                       "data files; its comparison is not paired.")
+    return out

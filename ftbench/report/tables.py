@@ -1,0 +1,76 @@
+"""The main comparison table in the paper's shape: benchmarks (grouped code / math / QA)
+by arms, each Free arm against the baseline of its run, with paired statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftbench.report.collect import HEADLINE, SUITE_ORDER, ArmResults, ReportError, item_outcomes
+from ftbench.report.stats import PairedComparison, compare, paired_arrays
+
+# Anchors from the paper, at the paper's scale (not the run's): relative gains.
+PAPER_ANCHORS = {
+    "humanevalplus": "1.5B/47B: up to +55 %",
+    "mbppplus": "8B/1T (1/2 bit): +6.1 % (MBPP)",
+    "gsm8k": "8B/200B: > +20 %; 8B/1T: +5.8 %",
+    "mmlu": "8B/1T: +5.2 %",
+    "commonsense_qa": "8B/200B: +26 %",
+}
+
+
+@dataclass
+class Cell:
+    score: float
+    comparison: PairedComparison | None  # None for the baseline column
+
+
+def main_table(arms: list[ArmResults], n_boot: int = 10_000) -> tuple[list[str], list[str],
+                                                                        dict]:
+    """(tasks in display order, arm labels, {(task, arm label): Cell})."""
+    by_run: dict[str, dict[str, ArmResults]] = {}
+    for a in arms:
+        by_run.setdefault(a.run, {})[a.arm] = a
+    cells, labels = {}, []
+    tasks = sorted({t for a in arms for t in a.results if t in HEADLINE},
+                   key=lambda t: (SUITE_ORDER[next(iter(a.results[t]["suite"]
+                                                       for a in arms if t in a.results))], t))
+    for run, run_arms in by_run.items():
+        if "baseline" not in run_arms:
+            raise ReportError(f"run {run!r} has no baseline results "
+                              f"(arms: {', '.join(run_arms)}); evaluate models/{run}/baseline")
+        base = run_arms["baseline"]
+        for name, arm in run_arms.items():
+            label = f"{run}/{name}" if len(by_run) > 1 else name
+            labels.append(label)
+            for task in tasks:
+                if task not in arm.results:
+                    continue
+                r = arm.results[task]
+                score = r["metrics"][HEADLINE[task]]["value"]
+                comparison = None
+                if name != "baseline" and task in base.results:
+                    a, b = paired_arrays(item_outcomes(base.results[task]), item_outcomes(r))
+                    comparison = compare(a, b, n_boot=n_boot)
+                cells[(task, label)] = Cell(score, comparison)
+    return tasks, labels, cells
+
+
+def _fmt_cell(cell: Cell) -> str:
+    if cell.comparison is None:
+        return f"{100 * cell.score:.1f}"
+    c = cell.comparison
+    rel = "n/a" if c.rel_gain is None else f"{100 * c.rel_gain:+.1f} %"
+    mark = "" if c.significant else " (n.s.)"
+    return (f"{100 * cell.score:.1f} ({100 * c.diff:+.1f} pts, {rel}; "
+            f"95 % CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], p={c.p_value:.3g}){mark}")
+
+
+def markdown_table(tasks: list[str], labels: list[str], cells: dict,
+                   suites: dict[str, str]) -> str:
+    head = "| suite | benchmark (metric) | " + " | ".join(labels) + " | paper (its scale) |"
+    rows = [head, "|" + "---|" * (len(labels) + 3)]
+    for task in tasks:
+        values = [_fmt_cell(cells[(task, l)]) if (task, l) in cells else "—" for l in labels]
+        rows.append(f"| {suites[task]} | {task} ({HEADLINE[task]}) | " + " | ".join(values)
+                    + f" | {PAPER_ANCHORS.get(task, '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,60 @@
+import pytest
+
+from ftbench.evaluation.results import write_result
+from ftbench.report.collect import ReportError, banners, collect
+from ftbench.report.tables import main_table, markdown_table
+
+
+def _result(task, suite, metric, outcomes, *, limit=None, z="posterior", arch="baseline"):
+    value = sum(outcomes.values()) / len(outcomes)
+    protocol = {"arch": arch} if arch == "baseline" else {"arch": "free", "z_protocol": z,
+                                                          "z_draws": 1, "z_seed": 0}
+    return {"schema_version": 1, "task": task, "suite": suite, "harness": "test",
+            "metrics": {metric: {"value": value, "stderr": 0.0}},
+            "per_item": {metric: outcomes}, "n_items": len(outcomes), "limit": limit,
+            "data": {"mode": "offline", "files": {"f": "abc"}}, "model": {}, "protocol": protocol,
+            "seed": 0, "versions": {}, "git": {}, "wall_s": 1.0, "created": "2026-01-01T00:00:00Z"}
+
+
+@pytest.fixture
+def results_root(tmp_path):
+    base = {str(i): float(i % 10 < 3) for i in range(200)}      # 30 %
+    free = {str(i): float(i % 10 < 5) for i in range(200)}      # 50 %
+    for arm, outcomes, arch in (("baseline", base, "baseline"), ("free-k0p5", free, "free")):
+        write_result(tmp_path / "run" / arm / "gsm8k.json",
+                     _result("gsm8k", "math", "exact_match,strict-match", outcomes, arch=arch))
+        write_result(tmp_path / "run" / arm / "commonsense_qa.json",
+                     _result("commonsense_qa", "qa", "acc,none", base, arch=arch))
+    return tmp_path
+
+
+def test_table_holds_the_expected_numbers(results_root):
+    arms = collect(results_root, ["run"])
+    tasks, labels, cells = main_table(arms, n_boot=2000)
+    assert tasks == ["gsm8k", "commonsense_qa"] and labels == ["baseline", "free-k0p5"]
+    gsm = cells[("gsm8k", "free-k0p5")]
+    assert abs(gsm.score - 0.5) < 1e-12 and abs(gsm.comparison.diff - 0.2) < 1e-12
+    assert abs(gsm.comparison.rel_gain - 2 / 3) < 1e-12 and gsm.comparison.significant
+    same = cells[("commonsense_qa", "free-k0p5")].comparison
+    assert same.diff == 0 and not same.significant
+    md = markdown_table(tasks, labels, cells, {"gsm8k": "math", "commonsense_qa": "qa"})
+    assert "50.0 (+20.0 pts, +66.7 %" in md and "(n.s.)" in md and "paper (its scale)" in md
+    assert banners(arms) == []
+
+
+def test_banners_and_bad_input(results_root, tmp_path):
+    write_result(results_root / "run" / "free-k0p5" / "mmlu.json",
+                 _result("mmlu", "qa", "acc,none", {"1": 1.0}, limit=5, arch="free", z="prior"))
+    text = " ".join(banners(collect(results_root, ["run"])))
+    assert "SMOKE TEST" in text and "MIXED Z PROTOCOLS" in text
+    with pytest.raises(ReportError, match="no results for run 'nope'"):
+        collect(results_root, ["nope"])
+    (tmp_path / "empty" / "arm").mkdir(parents=True)
+    with pytest.raises(ReportError, match="holds no results"):
+        collect(tmp_path, ["empty"])
+    only_free = tmp_path / "solo" / "free-k0p5"
+    only_free.mkdir(parents=True)
+    (only_free / "gsm8k.json").write_text((results_root / "run" / "free-k0p5" /
+                                           "gsm8k.json").read_text())
+    with pytest.raises(ReportError, match="no baseline results"):
+        main_table(collect(tmp_path, ["solo"]))
