@@ -9,7 +9,6 @@ Both reserve <|endoftext|> (between documents) and <|pad|>.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 

@@ -45,7 +45,7 @@ def main() -> None:
     from evalplus.data import (get_human_eval_plus, get_human_eval_plus_hash, get_mbpp_plus,
                                get_mbpp_plus_hash)
     from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
-    from evalplus.eval import PASS, TIMEOUT
+    from evalplus.eval import TIMEOUT
     from evalplus.evaluate import check_correctness, get_groundtruth
 
     if args.dataset == "humaneval":

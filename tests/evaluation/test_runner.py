@@ -1,4 +1,3 @@
-import json
 
 import pytest
 from lm_eval.api.model import LM
