@@ -191,12 +191,16 @@ def eval_(
 
     Results go to results/<run>/<arm>/<task>.json (a versioned schema with per-item
     outcomes, data and weight hashes, the Z protocol and library versions). Finished tasks
-    are kept when the same command runs again.
+    are kept when the same command runs again. To spread the items over several processes
+    or GPUs, launch with torchrun: `torchrun --nproc_per_node=8 -m ftbench eval ...` (the
+    scores are the same for any number of ranks).
     """
     from ftbench.data.errors import DataError
     from ftbench.evaluation.runner import EvalError, EvalSettings, evaluate_models, expand_suites
+    from ftbench.training.distributed import init_distributed, shutdown
     from ftbench.training.export import ModelLoadError
 
+    ctx = init_distributed()
     try:
         tasks = expand_suites(suite)
         if model == "oracle":
@@ -216,9 +220,11 @@ def eval_(
                                 batch_size=batch_size, n_samples=n_samples,
                                 temperature=temperature)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
-                        results / ".cache")
+                        results / ".cache", ctx=ctx)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:
         _fail(str(e))
+    finally:
+        shutdown(ctx)
 
 
 @app.command()

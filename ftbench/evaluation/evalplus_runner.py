@@ -28,23 +28,58 @@ SCORE_TIMEOUT_S = 3600
 
 
 def problems_file(task: str, data_dir: Path | None, cache: Path) -> Path:
-    """The decompressed problem file (EvalPlus hashes the plain .jsonl)."""
+    """The decompressed problem file (EvalPlus hashes the plain .jsonl). Offline it comes
+    from the mirror; online from EvalPlus's own release on GitHub, the same file, so the
+    scores and the recorded hash do not depend on the mode."""
     _, rel, name = DATASETS[task]
     out = cache / "evalplus-data" / name
     if out.is_file():
         return out
     if data_dir is None:
-        raise DataError(f"{task}: online mode for code tasks is not supported yet; use a "
-                        "local mirror (--data-dir) holding humanevalplus/ and mbppplus/")
+        return download_release(release_url(task), out)
     src = data_dir / rel
     if not src.is_file():
         raise DataError(f"the data mirror {data_dir} lacks {rel}")
+    _decompress(src, out)
+    return out
+
+
+def release_url(task: str) -> str:
+    from evalplus.data.utils import get_dataset_metadata
+
+    name, version = Path(DATASETS[task][2]).stem.split("-")
+    url, _ = get_dataset_metadata(name, version, False, False)
+    return url
+
+
+def download_release(url: str, out: Path, timeout: float = 30.0) -> Path:
+    import tempfile
+    import urllib.request
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        gz = Path(tmp) / "release.jsonl.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(gz, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise DataError(f"online mode: could not download {url} ({e}). Use a local mirror "
+                            "holding humanevalplus/ and mbppplus/ with --data-dir or "
+                            "$FTBENCH_DATA_DIR, or check the network.") from None
+        _decompress(gz, out)
+    return out
+
+
+def _decompress(src: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    with gzip.open(src, "rb") as f, open(tmp, "wb") as g:
-        shutil.copyfileobj(f, g)
+    try:
+        with gzip.open(src, "rb") as f, open(tmp, "wb") as g:
+            shutil.copyfileobj(f, g)
+    except (OSError, EOFError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{src} is not a readable gzip file ({e})") from None
     tmp.replace(out)
-    return out
 
 
 def load_problems(path: Path, limit: int | None) -> list[dict]:
@@ -109,8 +144,12 @@ def oracle_samples(problems: list[dict]) -> list[dict]:
 
 
 def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temperature: float,
-                     max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
-    """Direct completion of each prompt; cut at EvalPlus's stop strings; sanitised."""
+                     max_new_tokens: int, batch_size: int, seed: int) -> list[dict] | None:
+    """Direct completion of each prompt; cut at EvalPlus's stop strings; sanitised.
+
+    Under torchrun, rank r generates batches r, r + W, ...; a batch's content and seeds
+    do not depend on W, so the samples are the same for any number of ranks. Rank 0
+    returns every row in order, the other ranks None."""
     import torch
     from evalplus.sanitize import sanitize
     from tqdm import tqdm
@@ -120,12 +159,14 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
     dataset = DATASETS[task][0]
     stops = EXTRA_EOS[dataset]
     tok, model = lm.tokenizer, lm.model
+    rank, world = getattr(lm, "rank", 0), getattr(lm, "world_size", 1)
     jobs = [(p, i) for p in problems for i in range(n_samples)]
     rows = []
     budget = max(1, min(max_new_tokens, model.cfg.max_seq_len // 2))
     cfg = SamplingConfig(max_new_tokens=budget, temperature=temperature if n_samples > 1 else 0.0,
                          top_p=0.95 if n_samples > 1 else 1.0, stop_token_ids=(tok.eot_id,))
-    for s in tqdm(range(0, len(jobs), batch_size), desc=f"{task} generation"):
+    starts = list(range(0, len(jobs), batch_size))[rank::world]
+    for s in tqdm(starts, desc=f"{task} generation", disable=rank != 0):
         chunk = jobs[s:s + batch_size]
         prompts = [tok.encode(p["prompt"])[-(model.cfg.max_seq_len - budget):] or [tok.eot_id]
                    for p, _ in chunk]
@@ -133,7 +174,7 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
                        z_generator=torch.Generator().manual_seed(seed + s),
                        token_generator=torch.Generator().manual_seed(seed + 10_000 + s),
                        stop_strings=stops, decode=tok.decode)
-        for (p, i), ids in zip(chunk, out.tokens):
+        for j, ((p, i), ids) in enumerate(zip(chunk, out.tokens)):
             if ids and ids[-1] == tok.eot_id:
                 ids = ids[:-1]
             raw = tok.decode(ids)
@@ -142,6 +183,12 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
                 completion = completion.split(stop)[0]
             code = p["prompt"] + completion
             rows.append({"task_id": p["task_id"], "index": i, "raw": raw,
-                         "completion": completion,
-                         "solution": sanitize(code, p["entry_point"]) or code})
+                         "completion": completion, "n_new_tokens": len(ids),
+                         "solution": sanitize(code, p["entry_point"]) or code, "_job": s + j})
+    if world > 1:
+        gathered = lm.gather_object(rows, dst=0)
+        if rank != 0:
+            return None
+        rows = [r for part in gathered for r in part]
+    rows.sort(key=lambda r: r.pop("_job"))
     return rows

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ftbench.evaluation.scoring import ZProtocol, score_continuations
 from ftbench.inference.generation import SamplingConfig, generate
+from ftbench.training.distributed import DistContext, init_distributed
 from ftbench.training.export import load_pretrained
 
 
@@ -30,19 +31,49 @@ class FtbenchLM(TemplateLM):
     def __init__(self, path: str | None = None, model=None, tokenizer=None,
                  batch_size: int | str = 8, z_protocol: str = "posterior", z_draws: int = 1,
                  z_seed: int = 0, max_gen_toks: int = 256, device: str | None = None,
-                 **_ignored: Any):
+                 ctx: DistContext | None = None, **_ignored: Any):
         super().__init__()
+        # Under torchrun every rank holds the whole model and scores its share of the
+        # documents (lm-eval shards them by rank); requests are seeded by their own content,
+        # so the scores do not depend on the number of ranks.
+        if ctx is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ctx = init_distributed()
+        self.ctx = ctx or DistContext()
+        self._rank, self._world_size = self.ctx.rank, self.ctx.world
         if model is None:
             if path is None:
                 raise ValueError("FtbenchLM needs path=<exported arm folder> (or model and "
                                  "tokenizer objects)")
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = device or str(self.ctx.device if self.ctx.distributed else
+                                   ("cuda" if torch.cuda.is_available() else "cpu"))
             model, tokenizer, _ = load_pretrained(path, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self.z = ZProtocol(z_protocol, int(z_draws), int(z_seed))
         self.max_gen_toks = int(max_gen_toks)
         self.path = path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size <= 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size <= 1:
+            return [obj]
+        out = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     def protocol_record(self) -> dict:
         if self.model.arch != "free":
@@ -68,7 +99,8 @@ class FtbenchLM(TemplateLM):
         pairs = [(ctx, cont) for _, ctx, cont in requests]
         results = []
         chunk = self.batch_size * 8
-        for s in tqdm(range(0, len(pairs), chunk), disable=disable_tqdm, desc="loglikelihood"):
+        for s in tqdm(range(0, len(pairs), chunk), disable=disable_tqdm or self.rank != 0,
+                      desc="loglikelihood"):
             results += score_continuations(self.model, pairs[s:s + chunk], self.z,
                                            self.batch_size, self.max_length)
         for (key, _, _), result in zip(requests, results):
@@ -78,7 +110,8 @@ class FtbenchLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling"):
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0,
+                        desc="loglikelihood_rolling"):
             (text,) = req.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
@@ -92,7 +125,8 @@ class FtbenchLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0,
+                        desc="generate_until"):
             context, gen_kwargs = req.args
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.pop("until", None) or []

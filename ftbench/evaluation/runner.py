@@ -6,12 +6,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ftbench.data.mirror import go_offline, resolve_data_dir
 from ftbench.evaluation.lm_eval_tasks import LM_EVAL_TASKS, build_task_dir, data_fingerprint
 from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha256, git_state,
                                         library_versions, now_iso, read_result, write_result)
+from ftbench.training.distributed import DistContext, barrier
+
+T = TypeVar("T")
 
 SUITES = {"code": ("humanevalplus", "mbppplus"), "math": ("gsm8k",),
           "qa": ("mmlu", "commonsense_qa")}
@@ -83,6 +86,8 @@ def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings) -> dict:
         model=lm, tasks=[task], task_manager=tm, num_fewshot=LM_EVAL_TASKS[task].num_fewshot,
         limit=s.limit, log_samples=True, bootstrap_iters=1000, random_seed=s.seed,
         numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed)
+    if res is None:  # not rank 0: lm-eval gathered this rank's outcomes on rank 0
+        return None
     metrics, per_item = {}, {}
     for row, values in res["results"].items():
         for key, value in values.items():
@@ -120,13 +125,24 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
 
     problems_path = ep.problems_file(task, mirror, cache)
     problems = ep.load_problems(problems_path, s.limit)
+    generation = None
     if isinstance(lm, OracleLM):
         rows = ep.oracle_samples(problems)
         n = 1
     else:
         n = s.n_samples
+        t0 = time.perf_counter()
         rows = ep.generate_samples(lm, task, problems, n, s.temperature, s.max_gen_toks * 2,
                                    s.batch_size, s.seed)
+        if rows is None:  # not rank 0: its samples went to rank 0, which scores them
+            return None
+        seconds = time.perf_counter() - t0
+        new_tokens = sum(r["n_new_tokens"] for r in rows)
+        # Throughput of the whole job (all ranks): what the overhead table compares.
+        generation = {"new_tokens": new_tokens, "seconds": seconds,
+                      "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
+                      "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
+                      "device": str(getattr(lm, "device", "cpu"))}
     samples_path = out.with_suffix(".samples.jsonl")
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,
@@ -136,61 +152,109 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
 
     return {"metrics": metrics, "per_item": per_item, "n_items": len(problems),
             "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",
-            "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"]}
+            "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"],
+            "generation": generation}
 
 
 def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSettings,
                     results_root: Path, data_dir: str | None, cache: Path,
-                    log: Callable[[str], None] = print) -> list[Path]:
-    """Evaluate each model on each task; finished tasks with the same settings are kept."""
+                    log: Callable[[str], None] = print,
+                    ctx: DistContext | None = None) -> list[Path]:
+    """Evaluate each model on each task; finished tasks with the same settings are kept.
+
+    Under torchrun (ctx with several ranks) every rank loads each model and scores its
+    share of the items; rank 0 gathers the outcomes and alone writes results files."""
+    ctx = ctx or DistContext()
+    say = log if ctx.is_main else (lambda m: None)
     mirror = resolve_data_dir(data_dir)
     if mirror is not None:
         go_offline()
     if s.limit is not None:
-        log(f"WARNING: --limit {s.limit}: only the first {s.limit} items of each task are "
+        say(f"WARNING: --limit {s.limit}: only the first {s.limit} items of each task are "
             "scored; the results are marked and are not comparable to full runs")
+    if ctx.distributed:
+        say(f"evaluating on {ctx.world} ranks ({ctx.device.type})")
     written = []
     task_dir = None
     for model_dir in model_dirs:
+        mctx = ctx
+        if model_dir is None and ctx.distributed:
+            # The oracle has no model to share out and is cheap: rank 0 alone runs it.
+            if not ctx.is_main:
+                continue
+            mctx = DistContext()
         record = model_record(model_dir)
         lm = None
         for task in tasks:
             out = results_root / record["run"] / record["arm"] / f"{task}.json"
             protocol = _protocol(model_dir, s)
-            data = data_fingerprint(mirror, task) if task in LM_EVAL_TASKS else \
-                code_data_fingerprint(mirror, task, cache)
-            if out.is_file():
-                try:
-                    old = read_result(out)
-                except ResultsError as e:
-                    raise EvalError(f"{e}") from None
-                if _same_settings(old, {"limit": s.limit, "protocol": protocol, "seed": s.seed,
-                                        "data": data, "model": record}):
-                    log(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
-                    written.append(out)
-                    continue
+            data = main_first(mctx, lambda: data_fingerprint(mirror, task)
+                              if task in LM_EVAL_TASKS else
+                              code_data_fingerprint(mirror, task, cache))
+            # Rank 0 decides, so every rank skips the same tasks even without shared storage.
+            done = main_first(mctx, lambda: _finished(out, {
+                "limit": s.limit, "protocol": protocol, "seed": s.seed, "data": data,
+                "model": record}), others_run=False)
+            if done:
+                say(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
+                written.append(out)
+                continue
             if lm is None:
-                lm = _make_lm(model_dir, s)
+                lm = _make_lm(model_dir, s, mctx)
             t0 = time.perf_counter()
-            log(f"{record['run']}/{record['arm']}/{task}: evaluating")
+            say(f"{record['run']}/{record['arm']}/{task}: evaluating")
             if task in LM_EVAL_TASKS:
                 if task_dir is None:
-                    task_dir = build_task_dir(cache, mirror)
+                    task_dir = main_first(mctx, lambda: build_task_dir(cache, mirror))
                 body = lm_eval_result(lm, task, task_dir, s)
             else:
                 body = evalplus_result(lm, task, mirror, cache, out, s)
-            result = {"schema_version": SCHEMA_VERSION, "task": task, "suite": suite_of(task),
-                      **body, "limit": s.limit, "data": data, "model": record,
-                      "protocol": protocol, "seed": s.seed, "versions": library_versions(),
-                      "git": git_state(), "wall_s": time.perf_counter() - t0,
-                      "created": now_iso()}
-            write_result(out, result)
-            headline = sorted(body["metrics"].items(), key=lambda kv: "/" in kv[0])[:3]
-            log(f"{record['run']}/{record['arm']}/{task}: " + ", ".join(
-                f"{k} {v['value']:.4f}" for k, v in headline)
-                + f" ({result['wall_s']:.0f}s) -> {out}")
+            if mctx.is_main:
+                result = {"schema_version": SCHEMA_VERSION, "task": task,
+                          "suite": suite_of(task), **body, "limit": s.limit, "data": data,
+                          "model": record, "protocol": protocol, "seed": s.seed,
+                          "versions": library_versions(), "git": git_state(),
+                          "wall_s": time.perf_counter() - t0, "created": now_iso(),
+                          "world_size": mctx.world}
+                write_result(out, result)
+                headline = sorted(body["metrics"].items(), key=lambda kv: "/" in kv[0])[:3]
+                say(f"{record['run']}/{record['arm']}/{task}: " + ", ".join(
+                    f"{k} {v['value']:.4f}" for k, v in headline)
+                    + f" ({result['wall_s']:.0f}s) -> {out}")
+            barrier(mctx)
             written.append(out)
     return written
+
+
+def _finished(out: Path, settings: dict) -> bool:
+    if not out.is_file():
+        return False
+    try:
+        old = read_result(out)
+    except ResultsError as e:
+        raise EvalError(f"{e}") from None
+    return _same_settings(old, settings)
+
+
+def main_first(ctx: DistContext, fn: Callable[[], T], others_run: bool = True) -> T:
+    """Run `fn` on rank 0 first (it may fill caches), then on the other ranks, or with
+    others_run=False hand them rank 0's value. An error on rank 0 is raised on every rank
+    instead of leaving the others waiting."""
+    if not ctx.distributed:
+        return fn()
+    import torch.distributed as dist
+
+    box: list = [None]
+    if ctx.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return fn() if others_run and not ctx.is_main else value
 
 
 def _protocol(model_dir: Path | None, s: EvalSettings) -> dict:
@@ -204,7 +268,7 @@ def _protocol(model_dir: Path | None, s: EvalSettings) -> dict:
     return {"arch": "free", "z_protocol": s.z_protocol, "z_draws": s.z_draws, "z_seed": s.seed}
 
 
-def _make_lm(model_dir: Path | None, s: EvalSettings):
+def _make_lm(model_dir: Path | None, s: EvalSettings, ctx: DistContext):
     if model_dir is None:
         from ftbench.evaluation.oracle import OracleLM
 
@@ -212,4 +276,4 @@ def _make_lm(model_dir: Path | None, s: EvalSettings):
     from ftbench.evaluation.lm_eval_adapter import FtbenchLM
 
     return FtbenchLM(path=str(model_dir), batch_size=s.batch_size, z_protocol=s.z_protocol,
-                     z_draws=s.z_draws, z_seed=s.seed, max_gen_toks=s.max_gen_toks)
+                     z_draws=s.z_draws, z_seed=s.seed, max_gen_toks=s.max_gen_toks, ctx=ctx)

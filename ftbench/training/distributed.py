@@ -79,3 +79,9 @@ def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpoi
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
     return model
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Tear the process group down so torchrun's processes exit cleanly."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -2,7 +2,9 @@ import json
 
 import pytest
 
+from ftbench.data.errors import DataError
 from ftbench.evaluation import evalplus_runner as ep
+from ftbench.evaluation.evalplus_runner import download_release, problems_file, release_url
 from ftbench.evaluation.results import read_result
 from ftbench.evaluation.runner import EvalSettings, evaluate_models
 
@@ -68,3 +70,17 @@ def test_hostile_samples_fail_and_the_evaluation_goes_on(tmp_path, data_dir, ep_
     assert statuses[len(HOSTILE)] == ("pass", "pass")  # the honest sample after them passes
     assert (victim / "keep.txt").read_text() == "precious"
     assert not (victim / "pwned").exists()
+
+
+def test_online_release_download_gives_the_mirror_file(tmp_path, data_dir):
+    # Online, the problems come from EvalPlus's release; a file:// URL of the mirror's copy
+    # exercises the same download path without network access.
+    url = (data_dir / "humanevalplus" / "HumanEvalPlus.jsonl.gz").resolve().as_uri()
+    online = download_release(url, tmp_path / "online" / "HumanEvalPlus-v0.1.10.jsonl")
+    offline = problems_file("humanevalplus", data_dir, tmp_path / "cache")
+    assert online.read_bytes() == offline.read_bytes()
+    assert release_url("mbppplus").endswith("/v0.2.0/MbppPlus.jsonl.gz")
+    with pytest.raises(DataError, match="could not download .* --data-dir"):
+        download_release("http://127.0.0.1:9/HumanEvalPlus.jsonl.gz", tmp_path / "x.jsonl",
+                         timeout=2)
+    assert not (tmp_path / "x.jsonl").exists()
