@@ -173,7 +173,9 @@ def eval_(
                                    help="Free models: 'posterior' (the encoder sees the context "
                                         "only, new tokens get prior Z) or 'prior' (uniform Z "
                                         "everywhere)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the Z draws, sampling and few-shot order."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Z draws, sampling and few-shot order. "
+                             "Seed 0 gives the main results; other seeds are replicas kept in "
+                             "<arm>/seed<N>/, whose spread the report shows."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     n_samples: int = typer.Option(1, "--n-samples", help="Code tasks: samples per problem "
                                   "(1: greedy; more: sampling at --temperature, with pass@k)."),
@@ -229,28 +231,42 @@ def eval_(
 
 @app.command()
 def report(
-    runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy."),
+    runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy "
+                                     "(several runs of one config with different seeds are "
+                                     "aggregated)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default "
                                        "reports/<first run>)."),
     results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
-    fmt: str = typer.Option("md", "--format", help="Output formats, comma-separated. 'md' "
-                            "now; 'html' and the plots are not built yet."),
+    models: Path = typer.Option(Path("models"), "--models", help="Trained models root (for the "
+                                "overhead table and training curves)."),
+    fmt: str = typer.Option("html,md", "--format", help="Output formats, comma-separated: "
+                            "html (one self-contained file), md (plots as PNG files beside it)."),
 ) -> None:
-    """Build the comparison report from results files (nothing is recomputed): the main
-    table of scores with absolute and relative gains over the baseline, paired 95 %
-    intervals and p-values, warnings for --limit runs and mixed protocols or data."""
-    from ftbench.report.collect import ReportError, collect
-    from ftbench.report.markdown import build_markdown, write_markdown
+    """Build the comparison report from results and model files (nothing is recomputed).
+
+    The main table gives each benchmark's score per arm with the absolute and relative gain
+    over the baseline, a paired 95 % interval and a p-value; then the spread across seeds and
+    Z draws, the Free model's overhead (parameters, FLOPs, measured time and memory), training
+    curves and latent diagnostics, the synthetic-task reproduction when the run has one, and
+    the settings. Banners flag --limit runs, mixed Z protocols and mixed data versions.
+    """
+    from ftbench.report.collect import ReportError
+    from ftbench.report.compose import build_report, report_inputs
 
     formats = {f.strip() for f in fmt.split(",") if f.strip()}
-    if formats - {"md"}:
-        _fail(f"--format: {', '.join(sorted(formats - {'md'}))} not available yet (only md)")
+    if not formats or formats - {"md", "html"}:
+        _fail(f"--format: {fmt!r}; choose from html, md (comma-separated)")
+    out_dir = out or Path("reports") / runs[0]
     try:
-        text = build_markdown(collect(results, runs), runs)
+        from ftbench.report.render import to_html, to_markdown
+
+        doc = build_report(report_inputs(runs, results, models), out_dir / "figures")
     except (ReportError, ValueError) as e:
         _fail(str(e))
-    path = write_markdown(text, out or Path("reports") / runs[0])
-    typer.echo(f"wrote {path}")
+    if "md" in formats:
+        typer.echo(f"wrote {to_markdown(doc, out_dir)}")
+    if "html" in formats:
+        typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
 
 
 def main() -> None:

@@ -34,9 +34,9 @@ def test_unknown_preset_is_a_clear_error():
     assert "unknown preset '1.5'" in result.output and "1.5b" in result.output
 
 
-def test_report_formats_not_built_yet_say_so(tmp_path):
-    result = runner.invoke(app, ["report", "toy", "--format", "html", "--results", str(tmp_path)])
-    assert result.exit_code == 2 and "not available yet" in result.output
+def test_report_bad_format_and_missing_results_are_clear(tmp_path):
+    result = runner.invoke(app, ["report", "toy", "--format", "pdf", "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "choose from html, md" in result.output
     result = runner.invoke(app, ["report", "toy", "--results", str(tmp_path)])
     assert result.exit_code == 2 and "no results for run 'toy'" in result.output
 

@@ -186,7 +186,7 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
         record = model_record(model_dir)
         lm = None
         for task in tasks:
-            out = results_root / record["run"] / record["arm"] / f"{task}.json"
+            out = result_path(results_root, record, task, s.seed)
             protocol = _protocol(model_dir, s)
             data = main_first(mctx, lambda: data_fingerprint(mirror, task)
                               if task in LM_EVAL_TASKS else
@@ -224,6 +224,13 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
             barrier(mctx)
             written.append(out)
     return written
+
+
+def result_path(results_root: Path, record: dict, task: str, seed: int) -> Path:
+    """Seed 0 is the arm's main result; other seeds are replicas kept beside it (the
+    report shows their spread: Z draws for Free arms, sampling for code)."""
+    arm_dir = results_root / record["run"] / record["arm"]
+    return (arm_dir if seed == 0 else arm_dir / f"seed{seed}") / f"{task}.json"
 
 
 def _finished(out: Path, settings: dict) -> bool:

@@ -25,6 +25,9 @@ class ArmResults:
     run: str
     arm: str
     results: dict[str, dict] = field(default_factory=dict)  # task -> results file content
+    replicas: dict[str, list[dict]] = field(default_factory=dict)
+    """task -> results of the same arm under other seeds (`ftbench eval --seed N`, kept in
+    <arm>/seed<N>/): the spread over Z draws and sampling."""
 
 
 def item_outcomes(result: dict) -> dict[str, float]:
@@ -60,6 +63,14 @@ def collect(results_root: Path, runs: list[str]) -> list[ArmResults]:
                 except ResultsError as e:
                     raise ReportError(str(e)) from None
                 found.results[r["task"]] = r
+            for path in sorted(arm_dir.glob("seed*/*.json")):
+                if path.name.endswith(".sandbox.json"):
+                    continue
+                try:
+                    r = read_result(path)
+                except ResultsError as e:
+                    raise ReportError(str(e)) from None
+                found.replicas.setdefault(r["task"], []).append(r)
             if found.results:
                 arms.append(found)
     if not arms:

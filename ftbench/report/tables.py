@@ -55,7 +55,10 @@ def main_table(arms: list[ArmResults], n_boot: int = 10_000) -> tuple[list[str],
     return tasks, labels, cells
 
 
-def _fmt_cell(cell: Cell) -> str:
+def cell_text(cell: Cell | None) -> str:
+    """'score (gain pts, relative %; 95 % CI [lo, hi], p=...)', '(n.s.)' when not significant."""
+    if cell is None:
+        return "—"
     if cell.comparison is None:
         return f"{100 * cell.score:.1f}"
     c = cell.comparison
@@ -63,14 +66,3 @@ def _fmt_cell(cell: Cell) -> str:
     mark = "" if c.significant else " (n.s.)"
     return (f"{100 * cell.score:.1f} ({100 * c.diff:+.1f} pts, {rel}; "
             f"95 % CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], p={c.p_value:.3g}){mark}")
-
-
-def markdown_table(tasks: list[str], labels: list[str], cells: dict,
-                   suites: dict[str, str]) -> str:
-    head = "| suite | benchmark (metric) | " + " | ".join(labels) + " | paper (its scale) |"
-    rows = [head, "|" + "---|" * (len(labels) + 3)]
-    for task in tasks:
-        values = [_fmt_cell(cells[(task, l)]) if (task, l) in cells else "—" for l in labels]
-        rows.append(f"| {suites[task]} | {task} ({HEADLINE[task]}) | " + " | ".join(values)
-                    + f" | {PAPER_ANCHORS.get(task, '')} |")
-    return "\n".join(rows)

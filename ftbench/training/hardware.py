@@ -43,6 +43,14 @@ class PeakMemory:
         self.device = device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            # Arms train one after another in one process: reset the high-water mark
+            # (Linux: "5" > clear_refs) so each arm reports its own peak, not an earlier one's.
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
 
     def peak(self) -> int | None:
         if self.device.type == "cuda":

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from ftbench.config import dump_pair_config
 from ftbench.evaluation.results import read_result
 from ftbench.training.distributed import DistContext
 from ftbench.training.pair import run_dir, train_pair

@@ -1,0 +1,86 @@
+"""The demo pipeline as CI runs it: train the toy pair on the offline mirror, evaluate it on
+every suite with a small limit, build the report, then check what came out.
+
+The bounds were recorded from `make demo` on the 2-core CPU (toy config, seed 0, 150
+steps): final training loss 5.399 (baseline) / 5.451 (Free), validation CE 6.007 /
+prior-Z CE 6.053, Free KL 0.214 bit/token under kappa = 0.5 bit. They leave about 0.2 nats
+of slack: a regression that costs more than that, or a latent that collapses (KL below
+0.05 bit) or escapes its budget, fails here.
+"""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+from ftbench.evaluation.results import read_result
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("humanevalplus", "mbppplus", "gsm8k", "mmlu", "commonsense_qa")
+ARMS = ("baseline", "free-k0p5")
+runner = CliRunner()
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.open = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        elif tag not in ("meta", "br", "hr", "link", "col", "input", "wbr"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+
+
+@pytest.mark.slow
+def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = runner.invoke(app, ["train-pair", "--config", str(REPO / "configs" / "toy.yaml"),
+                                "--data-dir", str(data_dir)])
+    assert train.exit_code == 0, train.output
+    run = tmp_path / "models" / "toy"
+    base, free = (_metrics(run / arm / "metrics.jsonl") for arm in ARMS)
+    assert len(base) == len(free) == 150
+    assert base[-1]["loss"] < 5.6 and base[0]["loss"] - base[-1]["loss"] > 2.0
+    assert free[-1]["loss"] < 5.65 and free[0]["loss"] - free[-1]["loss"] > 2.0
+    assert base[-1]["val_ce"] < 6.2 and free[-1]["val_ce_prior"] < 6.25
+    kappa = free[-1]["kappa_bits"]
+    assert kappa == 0.5 and 0.05 < free[-1]["kl_bits"] <= kappa + 0.1
+    assert free[-1]["frac_above_kappa"] <= 0.1
+
+    arms = [str(run / arm) for arm in ARMS]
+    ev = runner.invoke(app, ["eval", *arms, "--suite", "code,math,qa", "--limit", "3",
+                             "--data-dir", str(data_dir)])
+    assert ev.exit_code == 0, ev.output
+    for arm in ARMS:
+        for task in TASKS:
+            r = read_result(tmp_path / "results" / "toy" / arm / f"{task}.json")
+            assert r["limit"] == 3 and r["model"]["arm"] == arm
+            assert r["data"]["mode"] == "offline"
+
+    rep = runner.invoke(app, ["report", "toy"])
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "reports" / "toy" / "report.md").read_text()
+    for task in TASKS:
+        assert task in md
+    assert "SMOKE TEST" in md and "Overhead" in md and "parameters without W_post" in md
+    assert "training time / token (measured)" in md
+    html = (tmp_path / "reports" / "toy" / "report.html").read_text()
+    tags = _Tags()
+    tags.feed(html)
+    assert not tags.open, tags.open
+    assert len(tags.imgs) >= 3
+    assert all(img["src"].startswith("data:image/png;base64,") for img in tags.imgs)
+    assert "http://" not in html and "https://" not in html
