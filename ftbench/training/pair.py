@@ -15,6 +15,7 @@ from ftbench.config.schema import PairConfig
 from ftbench.data.pipeline import prepare_data
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
+from ftbench.training.checkpoint import CheckpointError
 from ftbench.training.distributed import DistContext, barrier, init_distributed
 from ftbench.training.export import CONFIG, save_pretrained
 from ftbench.training.loop import train_arm
@@ -63,25 +64,27 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     root = run_dir(cfg)
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / "pair.yaml.tmp"
-        tmp.write_text(dump_pair_config(cfg))
-        tmp.replace(root / "pair.yaml")
         data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=log)
     barrier(ctx)
     if not ctx.is_main:  # the cache is complete now; every rank memory-maps the same files
         data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=lambda m: None)
+    arms = pair_arms(cfg, data.tokenizer.vocab_size)
+    fingerprints = {arm.name: arm_fingerprint(cfg, arm, data.meta["key"]) for arm in arms}
+    done = {arm.name: meta for arm in arms
+            if (meta := _finished(root / arm.name, fingerprints[arm.name], cfg, data.meta["key"]))}
+    if ctx.is_main:  # after the checks: a refused run leaves the old pair.yaml in place
+        tmp = root / "pair.yaml.tmp"
+        tmp.write_text(dump_pair_config(cfg))
+        tmp.replace(root / "pair.yaml")
     torch.manual_seed(cfg.run.seed)
     summary = {}
-    for arm in pair_arms(cfg, data.tokenizer.vocab_size):
+    for arm in arms:
         arm_dir = root / arm.name
-        exported = arm_dir / CONFIG
-        if exported.is_file():
-            meta = json.loads(exported.read_text())
-            if meta.get("steps") == cfg.run.steps and meta.get("data_key") == data.meta["key"]:
-                log(f"{arm.name}: already trained ({exported}); skipping")
-                summary[arm.name] = meta.get("summary", {})
-                continue
-        fingerprint = arm_fingerprint(cfg, arm, data.meta["key"])
+        fingerprint = fingerprints[arm.name]
+        if arm.name in done:
+            log(f"{arm.name}: already trained ({arm_dir / CONFIG}); skipping")
+            summary[arm.name] = done[arm.name].get("summary", {})
+            continue
         result = train_arm(arm, cfg, data.train, data.val, arm_dir, ctx, fingerprint, log=log)
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_model_state_dict)
@@ -94,7 +97,8 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
         if ctx.is_main:
             save_pretrained(state, arm.model, arm.arch, data.tokenizer, arm_dir, extra={
                 "arm": arm.name, "kappa_bits": arm.kappa_bits, "steps": result.steps,
-                "seed": cfg.run.seed, "data_key": data.meta["key"], "summary": info,
+                "seed": cfg.run.seed, "data_key": data.meta["key"], "fingerprint": fingerprint,
+                "summary": info,
                 "pair_config": dataclasses.asdict(cfg)})
             log(f"{arm.name}: exported to {arm_dir} "
                 f"({', '.join(f'{k} {v:.4f}' for k, v in result.final_val.items())})")
@@ -102,3 +106,22 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
         summary[arm.name] = info
         del result
     return summary
+
+
+def _finished(arm_dir: Path, fingerprint: dict, cfg: PairConfig, data_key: str) -> dict | None:
+    """The export's metadata if this arm was already trained with these settings; None if
+    it was not trained; an error (nothing overwritten) if it was trained otherwise."""
+    exported = arm_dir / CONFIG
+    if not exported.is_file():
+        return None
+    meta = json.loads(exported.read_text())
+    if "fingerprint" in meta:
+        differ = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
+    else:  # exports from before fingerprints were recorded: steps and data
+        differ = [k for k, same in (("steps", meta.get("steps") == cfg.run.steps),
+                                    ("data", meta.get("data_key") == data_key)) if not same]
+    if not differ:
+        return meta
+    raise CheckpointError(
+        f"{arm_dir} holds an arm trained with other settings (differs in: {', '.join(differ)}); "
+        f"nothing was overwritten. Use a new run.name, or delete {arm_dir} to train it again.")

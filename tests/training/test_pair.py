@@ -77,6 +77,12 @@ def test_train_pair_exports_loadable_models_and_skips_finished_arms(tmp_path):
     logs = []
     train_pair(cfg, log=logs.append, ctx=CTX)
     assert sum("already trained" in m for m in logs) == 2
+    # Other settings under the same run name: refused before anything is overwritten.
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    cfg.optim.lr = 1e-2
+    with pytest.raises(CheckpointError, match="trained with other settings.*optim"):
+        train_pair(cfg, log=_quiet, ctx=CTX)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
