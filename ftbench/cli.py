@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click rewraps docstrings; markdown would eat <placeholders>
 )
 
 
@@ -267,6 +268,11 @@ def report(
         typer.echo(f"wrote {to_markdown(doc, out_dir)}")
     if "html" in formats:
         typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
+
+
+from ftbench.repro.cli import repro_app  # noqa: E402  (after the commands it joins)
+
+app.add_typer(repro_app, name="repro")
 
 
 def main() -> None:
