@@ -9,7 +9,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["info"], ["presets"], ["train-pair"], ["export"], ["eval"],
-                                     ["report"]])
+                                     ["report"], ["repro"], ["repro", "synthetic"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output

@@ -46,14 +46,18 @@ def item_outcomes(result: dict) -> dict[str, float]:
     return pooled
 
 
-def collect(results_root: Path, runs: list[str]) -> list[ArmResults]:
+def collect(results_root: Path, runs: list[str], allow_empty: bool = False) -> list[ArmResults]:
+    """Every arm's results under results_root/<run>/<arm>/ (a synthetic study's folder,
+    holding measures.json, is not an arm). `allow_empty`: a run may hold no arm results
+    (its report is its synthetic study)."""
     arms = []
     for run in runs:
         run_dir = results_root / run
         if not run_dir.is_dir():
             raise ReportError(f"no results for run {run!r} in {results_root} (expected "
                               f"{run_dir}/<arm>/<task>.json); run `ftbench eval` first")
-        for arm_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        for arm_dir in sorted(p for p in run_dir.iterdir()
+                              if p.is_dir() and not (p / "measures.json").is_file()):
             found = ArmResults(run, arm_dir.name)
             for path in sorted(arm_dir.glob("*.json")):
                 if path.name.endswith(".sandbox.json"):
@@ -73,7 +77,7 @@ def collect(results_root: Path, runs: list[str]) -> list[ArmResults]:
                 found.replicas.setdefault(r["task"], []).append(r)
             if found.results:
                 arms.append(found)
-    if not arms:
+    if not arms and not allow_empty:
         raise ReportError(f"the results folder {results_root} holds no results for "
                           f"{', '.join(runs)}")
     return arms

@@ -15,6 +15,7 @@ from ftbench.report.document import (Banner, Bullets, Document, Figure, Heading,
 from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, overhead_rows,
                                      paper_overhead_text)
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table
+from ftbench.repro.report import find_repro, synthetic_blocks, synthetic_seeds_blocks
 
 COLLAPSE_BITS = 0.01
 # The rows the paper's "compute and parameters" (one extra block) speaks of.
@@ -29,9 +30,22 @@ class ReportInputs:
 
 
 def build_report(inp: ReportInputs, figures_dir: Path) -> Document:
-    arms = collect(inp.results_root, inp.runs)
+    repro_dirs = {run: d for run in inp.runs if (d := find_repro(inp.results_root, run))}
+    arms = collect(inp.results_root, inp.runs, allow_empty=bool(repro_dirs))
     figures_dir.mkdir(parents=True, exist_ok=True)
     doc = Document(f"ftbench report: {', '.join(inp.runs)}")
+    if arms:
+        _benchmark_sections(doc, arms, inp, figures_dir)
+    if len(repro_dirs) > 1:
+        doc.add(*synthetic_seeds_blocks(list(repro_dirs.values())))
+    for run, d in repro_dirs.items():
+        title = "Synthetic task (paper section 4.1)"
+        doc.add(*synthetic_blocks(d, title if len(repro_dirs) == 1 else f"{title}: {run}"))
+    return doc
+
+
+def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs,
+                        figures_dir: Path) -> None:
     for text in banners(arms):
         doc.add(Banner(text))
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
@@ -41,7 +55,6 @@ def build_report(inp: ReportInputs, figures_dir: Path) -> Document:
     _overhead_section(doc, arms, costs, figures_dir)
     _training_section(doc, arms, inp.models_root, figures_dir)
     _appendix(doc, arms, inp.models_root)
-    return doc
 
 
 def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path) -> None:
