@@ -21,7 +21,7 @@ MEASURE_HELP = [
     ("well-formed", "share of samples with the prompt's letter as exactly one 8-long target "
                     "(noise may hide some of it), only '_' and '!' elsewhere, 64 characters, "
                     "then end of text"),
-    ("position agreement", "share of pairs of well-formed samples whose targets are "
+    ("same position", "share of pairs of well-formed samples whose targets are "
                            "consistent with one common start; shared Z: pairs inside a group "
                            "that shares one Z sequence; independent Z: all pairs of samples with "
                            "their own Z (chance: 1/57 = 1.8 %)"),
