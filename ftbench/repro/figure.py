@@ -29,7 +29,7 @@ def _title(row: dict) -> tuple[str, str]:
     return (f"Free Transformer, \u03ba = {kappa_text(row['kappa_bits'])} bit/token, prompt "
             f"{row['prompt']}",
             f"{wf};  same position: shared Z {_pct(row['shared']['pos_agree'])}, independent Z "
-            f"{_pct(row['indep']['pos_agree'])};  KL {row['kl_bits']:.2f} bit/token")
+            f"{_pct(row['indep']['pos_agree'])};  KL {row['kl_bits']:.3f} bit/token")
 
 
 def _layout(arms: list[dict], samples: dict) -> tuple[list[tuple], float]:

@@ -230,10 +230,18 @@ def synthetic_blocks(repro_dir: Path, title: str = "Synthetic task (paper sectio
             f"{p['claim']}: {p['measured']} \u2014 "
             f"{'reproduced' if p['holds'] else '**not reproduced**'}."
             for p in data["predictions"]]))
-    collapsed = [r["arm"] for r in rows if r["kl_collapsed"]]
-    if collapsed:
-        blocks.append(Banner(f"LATENT COLLAPSE in the synthetic run: {', '.join(collapsed)} "
+    collapsed = [r for r in rows if r["kl_collapsed"]]
+    # At 1/64 bit the free budget is itself near the 0.01 threshold and the paper expects a
+    # vanilla model: say so rather than raise the alarm.
+    expected = [r["arm"] for r in collapsed if r["kappa_bits"] is not None
+                and r["kappa_bits"] < 0.05]
+    alarming = [r["arm"] for r in collapsed if r["arm"] not in expected]
+    if alarming:
+        blocks.append(Banner(f"LATENT COLLAPSE in the synthetic run: {', '.join(alarming)} "
                              "(KL < 0.01 bit/token)."))
+    if expected:
+        blocks.append(Paragraph(f"{', '.join(expected)}: KL < 0.01 bit/token, as the paper "
+                                "expects at so small a \u03ba (it behaves like the baseline)."))
     if data["figure"] is not None:
         blocks.append(Figure(data["figure"], "Samples per arm, after the paper's Fig. 4: the "
                              "blue box has independent Z per sample, each green box shares "
