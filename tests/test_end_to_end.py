@@ -69,6 +69,9 @@ def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
             r = read_result(tmp_path / "results" / "toy" / arm / f"{task}.json")
             assert r["limit"] == 3 and r["model"]["arm"] == arm
             assert r["data"]["mode"] == "offline"
+            if task in ("humanevalplus", "mbppplus"):  # only generate() is timed
+                g = r["generation"]
+                assert g["new_tokens"] > 0 and 0 < g["seconds"] < r["wall_s"]
 
     rep = runner.invoke(app, ["report", "toy"])
     assert rep.exit_code == 0, rep.output
