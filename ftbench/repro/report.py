@@ -258,16 +258,16 @@ SEED_MEASURES = [("pos_agree_shared", "same position, shared Z"),
                  ("well_formed_indep", "well-formed, indep. Z"), ("kl_bits", "KL (bit/token)")]
 
 
-def _mean_sd(values: list[float], percent: bool) -> str:
+def _mean_sd(values: list[float], percent: bool, digits: int = 1) -> str:
     import statistics
 
     scale, unit = (100, " %") if percent else (1, "")
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{scale * values[0]:.1f}{unit}"
-    return (f"{scale * statistics.fmean(values):.1f} \u00b1 "
-            f"{scale * statistics.stdev(values):.1f}{unit}")
+        return f"{scale * values[0]:.{digits}f}{unit}"
+    return (f"{scale * statistics.fmean(values):.{digits}f} \u00b1 "
+            f"{scale * statistics.stdev(values):.{digits}f}{unit}")
 
 
 def synthetic_seeds_blocks(repro_dirs: list[Path]) -> list:
@@ -286,7 +286,8 @@ def synthetic_seeds_blocks(repro_dirs: list[Path]) -> list:
         for key, _ in SEED_MEASURES:
             values = [r[key] for r in runs if r[key] is not None]
             cells.append(_mean_sd(values, percent=key not in ("kl_bits", "pos_dist_shared",
-                                                              "pos_dist_indep")))
+                                                              "pos_dist_indep"),
+                                  digits=3 if key == "kl_bits" else 1))
         rows.append(cells)
     claims: dict[str, list[bool]] = {}
     for st in studies:
