@@ -138,7 +138,8 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         new_tokens = sum(r["n_new_tokens"] for r in rows)
         # Time inside generate() summed over batches (over ranks too: tokens per second of
         # one process), so that imports and sanitising do not count as the model's speed.
-        seconds = sum(r.get("gen_seconds", 0.0) for r in rows)
+        # Popped: the samples file holds only what is the same on every run.
+        seconds = sum(r.pop("gen_seconds", 0.0) for r in rows)
         generation = {"new_tokens": new_tokens, "seconds": seconds,
                       "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
                       "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
