@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftbench.evaluation.results import ResultsError, read_result
+from ftbench.repro.synthetic import MEASURES
 
 # The headline metric of each task, and how it pools per-item outcomes.
 HEADLINE = {
@@ -48,7 +49,7 @@ def item_outcomes(result: dict) -> dict[str, float]:
 
 def collect(results_root: Path, runs: list[str], allow_empty: bool = False) -> list[ArmResults]:
     """Every arm's results under results_root/<run>/<arm>/ (a synthetic study's folder,
-    holding measures.json, is not an arm). `allow_empty`: a run may hold no arm results
+    holding MEASURES, is not an arm). `allow_empty`: a run may hold no arm results
     (its report is its synthetic study)."""
     arms = []
     for run in runs:
@@ -57,7 +58,7 @@ def collect(results_root: Path, runs: list[str], allow_empty: bool = False) -> l
             raise ReportError(f"no results for run {run!r} in {results_root} (expected "
                               f"{run_dir}/<arm>/<task>.json); run `ftbench eval` first")
         for arm_dir in sorted(p for p in run_dir.iterdir()
-                              if p.is_dir() and not (p / "measures.json").is_file()):
+                              if p.is_dir() and not (p / MEASURES).is_file()):
             found = ArmResults(run, arm_dir.name)
             for path in sorted(arm_dir.glob("*.json")):
                 if path.name.endswith(".sandbox.json"):

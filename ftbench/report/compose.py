@@ -4,7 +4,6 @@ rendered by ftbench.report.render to Markdown and HTML."""
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from ftbench.report.document import (Banner, Bullets, Document, Figure, Heading,
                                      Preformatted, Table)
 from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, overhead_rows,
                                      paper_overhead_text)
-from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table
-from ftbench.repro.report import find_repro, synthetic_blocks, synthetic_seeds_blocks
+from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
+from ftbench.repro.report import (find_repro, load_repro, synthetic_blocks,
+                                   synthetic_seeds_blocks)
 
 COLLAPSE_BITS = 0.01
 # The rows the paper's "compute and parameters" (one extra block) speaks of.
@@ -36,11 +36,12 @@ def build_report(inp: ReportInputs, figures_dir: Path) -> Document:
     doc = Document(f"ftbench report: {', '.join(inp.runs)}")
     if arms:
         _benchmark_sections(doc, arms, inp, figures_dir)
-    if len(repro_dirs) > 1:
-        doc.add(*synthetic_seeds_blocks(list(repro_dirs.values())))
-    for run, d in repro_dirs.items():
+    studies = {run: load_repro(d) for run, d in repro_dirs.items()}  # each file read once
+    if len(studies) > 1:
+        doc.add(*synthetic_seeds_blocks(list(studies.values())))
+    for run, data in studies.items():
         title = "Synthetic task (paper section 4.1)"
-        doc.add(*synthetic_blocks(d, title if len(repro_dirs) == 1 else f"{title}: {run}"))
+        doc.add(*synthetic_blocks(data, title if len(studies) == 1 else f"{title}: {run}"))
     return doc
 
 
@@ -90,12 +91,6 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path) -> N
                             "significant.", alt="relative gains"))
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
 def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
     """Runs that differ only by seed: mean ± sd of each arm's score and relative gain."""
     by_arm: dict[str, list[ArmResults]] = {}
@@ -112,7 +107,7 @@ def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
         for name, group in by_arm.items():
             scores = [g.results[task]["metrics"][HEADLINE[task]]["value"] for g in group
                       if task in g.results]
-            row.append(f"{_mean_sd(scores)} ({len(scores)})" if scores else "—")
+            row.append(f"{mean_sd_text(scores)} ({len(scores)})" if scores else "—")
             if name != "baseline":
                 for g in group:
                     base = baselines.get(g.run)
@@ -121,7 +116,7 @@ def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
                         if b > 0:
                             gains.append(g.results[task]["metrics"][HEADLINE[task]]["value"] / b
                                          - 1)
-        row.append(f"{_mean_sd(gains)} %" if gains else "n/a")
+        row.append(f"{mean_sd_text(gains)} %" if gains else "n/a")
         rows.append(row)
     doc.add(Heading("Across seeds"),
             Paragraph("Each arm's score over the runs given (mean ± sample standard deviation "
@@ -140,7 +135,7 @@ def _replicas_section(doc: Document, arms: list[ArmResults]) -> None:
             runs = [a.results[task], *reps]
             values = [r["metrics"][HEADLINE[task]]["value"] for r in runs]
             seeds = ", ".join(str(r["seed"]) for r in runs)
-            rows.append([f"{a.run}/{a.arm}", task, seeds, _mean_sd(values),
+            rows.append([f"{a.run}/{a.arm}", task, seeds, mean_sd_text(values),
                          f"{100 * min(values):.1f} – {100 * max(values):.1f}"])
     if rows:
         doc.add(Heading("Spread over Z draws and sampling seeds"),

@@ -3,6 +3,7 @@ by arms, each Free arm against the baseline of its run, with paired statistics."
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from ftbench.report.collect import HEADLINE, SUITE_ORDER, ArmResults, ReportError, item_outcomes
@@ -66,3 +67,12 @@ def cell_text(cell: Cell | None) -> str:
     mark = "" if c.significant else " (n.s.)"
     return (f"{100 * cell.score:.1f} ({100 * c.diff:+.1f} pts, {rel}; "
             f"95 % CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], p={c.p_value:.3g}){mark}")
+
+
+def mean_sd_text(values: list[float], scale: float = 100, digits: int = 1, unit: str = "") -> str:
+    """'mean ± sd' of values across runs (sample sd; the value alone for one run), scaled:
+    fractions print as percentages by default."""
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} \u00b1 {statistics.stdev(values) * scale:.{digits}f}{unit}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -89,8 +90,8 @@ def synthetic(
             items.append(f"run.out_dir={models}")
         cfg = load_pair_config(config or syn.default_config_path(), overrides=items)
         if seed is not None and seed != cfg.run.seed:
-            cfg = load_pair_config(config or syn.default_config_path(), overrides=[
-                *items, f"run.seed={seed}", f"run.name={cfg.run.name}-seed{seed}"])
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(
+                cfg.run, seed=seed, name=f"{cfg.run.name}-seed{seed}"))
         out = out or Path("results") / cfg.run.name
         n = samples if samples is not None else (syn.CI_SAMPLES if ci else syn.FULL_SAMPLES)
         if group_size < 2 or n < group_size or n % group_size:
@@ -113,5 +114,4 @@ def synthetic(
     for p in data["predictions"]:
         typer.echo(f"{'reproduced' if p['holds'] else 'NOT reproduced'}: {p['claim']}: "
                    f"{p['measured']}")
-    typer.echo(f"\nwrote {out / syn.MEASURES}, {out / syn.SAMPLES}"
-               + (f", {data['figure']}" if data["figure"] else " (no figure: install matplotlib)"))
+    typer.echo(f"\nwrote {out / syn.MEASURES}, {out / syn.SAMPLES}, {out / syn.FIGURE}")

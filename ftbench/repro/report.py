@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftbench.repro.synthetic import FIGURE, MEASURES, kappa_text
+from ftbench.report.document import Banner, Bullets, Figure, Heading, Paragraph, Table
+from ftbench.report.tables import mean_sd_text
+from ftbench.repro.synthetic import CHANCE_START, FIGURE, MEASURES, kappa_text
 
 # The paper's claims (Fig. 4, recipe section 8), turned into rules fixed before any run:
 MARGIN = 0.10  # "barely", "comparable", "drops": 10 percentage points
-NEAR_CHANCE = 3.0  # "near chance": at most 3x the agreement of two uniform starts (1/57)
+NEAR_CHANCE = 3.0  # "near chance": at most 3x CHANCE_START, two uniform starts (1/57)
 HIGH_AGREEMENT = 0.90  # the issue's ">= 90 %"
 
 MEASURE_HELP = [
@@ -37,23 +39,17 @@ MEASURE_HELP = [
 
 
 def _row(arm: dict) -> dict:
+    """The measures the table, the predictions and the seeds summary read, flat."""
     indep, shared = arm["indep"], arm.get("shared") or {}
     return {
         "arm": arm["arm"], "arch": arm["arch"], "kappa_bits": arm.get("kappa_bits"),
-        "kappa": kappa_text(arm.get("kappa_bits")), "prompt": arm["prompt"],
+        "kappa": kappa_text(arm.get("kappa_bits")),
         "kl_bits": arm.get("kl_bits"), "kl_collapsed": arm.get("kl_collapsed"),
         "well_formed_indep": indep["well_formed"], "well_formed_shared": shared.get("well_formed"),
-        "right_length_indep": indep["right_length"],
         "pos_agree_shared": shared.get("pos_agree"), "pos_agree_indep": indep["pos_agree"],
-        "pos_agree_exact_shared": shared.get("pos_agree_exact"),
-        "pos_agree_exact_indep": indep["pos_agree_exact"],
-        "noise_agree_shared": shared.get("noise_agree"), "noise_agree_indep": indep["noise_agree"],
-        "identical_shared": shared.get("identical"), "identical_indep": indep["identical"],
         "pos_dist_shared": shared.get("pos_dist"), "pos_dist_indep": indep.get("pos_dist"),
-        "mi_pos_bits": arm.get("mi_pos_bits"),
-        "n_indep": indep["n"], "n_shared": shared.get("n"),
-        "pos_pairs_shared": shared.get("pos_pairs"), "pos_pairs_indep": indep["pos_pairs"],
-        "val": arm.get("val", {}), "train_wall_s": arm.get("train_wall_s"),
+        "noise_agree_shared": shared.get("noise_agree"), "noise_agree_indep": indep["noise_agree"],
+        "mi_pos_bits": arm.get("mi_pos_bits"), "train_wall_s": arm.get("train_wall_s"),
     }
 
 
@@ -70,7 +66,7 @@ def load_repro(repro_dir: Path) -> dict:
     rows = [_row(a) for a in m["arms"]]
     figure = repro_dir / FIGURE
     settings = {"seeds": m["seeds"], "kappas_bits": m["kappas_bits"], **m["settings"],
-                "chance": m["chance"], "wall_s": m["wall_s"], "versions": m.get("versions", {}),
+                "chance": m["chance"], "versions": m.get("versions", {}),
                 "size": m.get("size", "custom")}
     return {"rows": rows, "figure": figure if figure.is_file() else None, "settings": settings,
             "predictions": predictions(rows)}
@@ -89,7 +85,6 @@ def predictions(rows: list[dict]) -> list[dict]:
     """Each claim of the paper that the run can test: {"claim", "measured", "holds"}.
     A claim whose arms are missing from the run is left out."""
     out = []
-    chance = 1 / 57
     base = next((r for r in rows if r["arch"] == "baseline"), None)
     k64, k8, k1, k8b = (_by_kappa(rows, b) for b in (1 / 64, 1 / 8, 1.0, 8.0))
     if k8:
@@ -98,7 +93,7 @@ def predictions(rows: list[dict]) -> list[dict]:
                              f"independent Z stays near chance (<= {NEAR_CHANCE:g} x 1/57)",
                     "measured": f"shared {_p(s)}, independent {_p(i)}",
                     "holds": s is not None and i is not None and s >= HIGH_AGREEMENT
-                    and i <= NEAR_CHANCE * chance})
+                    and i <= NEAR_CHANCE * CHANCE_START})
     if k64:
         s, i = k64["pos_agree_shared"], k64["pos_agree_indep"]
         out.append({"claim": "\u03ba = 1/64: shared Z barely beats independent Z on position "
@@ -192,13 +187,10 @@ def _train_minutes(rows: list[dict]) -> float:
     return sum(r["train_wall_s"] or 0.0 for r in rows) / 60
 
 
-def synthetic_blocks(repro_dir: Path, title: str = "Synthetic task (paper section 4.1)"
-                     ) -> list:
-    """The report's section on a synthetic study: what was run, what each measure means,
-    the table, the paper's predictions checked by fixed rules, and the Fig. 4-like figure."""
-    from ftbench.report.document import Banner, Bullets, Figure, Heading, Paragraph, Table
-
-    data = load_repro(repro_dir)
+def synthetic_blocks(data: dict, title: str = "Synthetic task (paper section 4.1)") -> list:
+    """The report's section on a synthetic study (`load_repro`'s result): what was run,
+    what each measure means, the table, the paper's predictions checked by fixed rules,
+    and the Fig. 4-like figure."""
     s, rows = data["settings"], data["rows"]
     blocks: list = [Heading(title)]
     if s.get("size") == "ci":
@@ -250,32 +242,20 @@ def synthetic_blocks(repro_dir: Path, title: str = "Synthetic task (paper sectio
     return blocks
 
 
-SEED_MEASURES = [("pos_agree_shared", "same position, shared Z"),
-                 ("pos_agree_indep", "same position, indep. Z"),
-                 ("pos_dist_shared", "position distance, shared Z"),
-                 ("pos_dist_indep", "position distance, indep. Z"),
-                 ("noise_agree_shared", "noise agr., shared Z"),
-                 ("well_formed_indep", "well-formed, indep. Z"), ("kl_bits", "KL (bit/token)")]
+# (row key, column label, how values print: scale, digits, unit)
+_PCT, _DIST, _KL = (100, 1, " %"), (1, 1, ""), (1, 3, "")
+SEED_MEASURES = [("pos_agree_shared", "same position, shared Z", _PCT),
+                 ("pos_agree_indep", "same position, indep. Z", _PCT),
+                 ("pos_dist_shared", "position distance, shared Z", _DIST),
+                 ("pos_dist_indep", "position distance, indep. Z", _DIST),
+                 ("noise_agree_shared", "noise agr., shared Z", _PCT),
+                 ("well_formed_indep", "well-formed, indep. Z", _PCT),
+                 ("kl_bits", "KL (bit/token)", _KL)]
 
 
-def _mean_sd(values: list[float], percent: bool, digits: int = 1) -> str:
-    import statistics
-
-    scale, unit = (100, " %") if percent else (1, "")
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{scale * values[0]:.{digits}f}{unit}"
-    return (f"{scale * statistics.fmean(values):.{digits}f} \u00b1 "
-            f"{scale * statistics.stdev(values):.{digits}f}{unit}")
-
-
-def synthetic_seeds_blocks(repro_dirs: list[Path]) -> list:
-    """Several synthetic runs (seeds) side by side: each measure's mean \u00b1 sd per arm, and
-    how many runs reproduce each of the paper's predictions."""
-    from ftbench.report.document import Heading, Paragraph, Table
-
-    studies = [load_repro(d) for d in repro_dirs]
+def synthetic_seeds_blocks(studies: list[dict]) -> list:
+    """Several synthetic runs (seeds; `load_repro` results) side by side: each measure's
+    mean \u00b1 sd per arm, and how many runs reproduce each of the paper's predictions."""
     arms: dict[str, list[dict]] = {}
     for st in studies:
         for r in st["rows"]:
@@ -283,11 +263,9 @@ def synthetic_seeds_blocks(repro_dirs: list[Path]) -> list:
     rows = []
     for arm, runs in arms.items():
         cells = [arm, runs[0]["kappa"], str(len(runs))]
-        for key, _ in SEED_MEASURES:
+        for key, _, (scale, digits, unit) in SEED_MEASURES:
             values = [r[key] for r in runs if r[key] is not None]
-            cells.append(_mean_sd(values, percent=key not in ("kl_bits", "pos_dist_shared",
-                                                              "pos_dist_indep"),
-                                  digits=3 if key == "kl_bits" else 1))
+            cells.append(mean_sd_text(values, scale, digits, unit) if values else "-")
         rows.append(cells)
     claims: dict[str, list[bool]] = {}
     for st in studies:
@@ -297,7 +275,7 @@ def synthetic_seeds_blocks(repro_dirs: list[Path]) -> list:
     blocks = [Heading("Synthetic task across seeds"),
               Paragraph(f"{len(studies)} runs (training seeds {seeds}): mean \u00b1 sample "
                         "standard deviation across runs; each run's own section follows."),
-              Table(["arm", "\u03ba", "runs", *(label for _, label in SEED_MEASURES)], rows)]
+              Table(["arm", "\u03ba", "runs", *(label for _, label, _ in SEED_MEASURES)], rows)]
     if claims:
         blocks.append(Table(["the paper's prediction", "reproduced in"],
                             [[c, f"{sum(v)} of {len(v)} runs"] for c, v in claims.items()]))

@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import platform
 import random
 import time
@@ -330,24 +329,6 @@ def check_config(cfg: PairConfig) -> None:
         raise ReproError(f"model.max_seq_len: needs >= {DOC_TOKENS} (prompt, body, end of text)")
 
 
-def _final_val(arm_dir: Path) -> dict:
-    """The last validation record of an arm's metrics.jsonl."""
-    val = {}
-    path = arm_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if any(k.startswith("val_") for k in record):
-                val = {k: v for k, v in record.items() if k.startswith("val_")}
-    return val
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: int = 8,
                   kl_docs: int = 512, sample_seed: int | None = None, size: str = "custom",
                   log: Callable[[str], None] = print) -> dict:
@@ -358,6 +339,8 @@ def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: i
     `size` ("full", "ci" or "custom") is recorded so that reports
     can flag a reduced run. Returns the measures (the content of measures.json).
     """
+    from ftbench.repro.figure import write_figure
+    from ftbench.report.render import write_atomic
     from ftbench.training.distributed import DistContext
     from ftbench.training.export import load_pretrained
     from ftbench.training.pair import run_dir, train_pair
@@ -380,8 +363,8 @@ def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: i
         indep, shared = generate_study(model, tok, letter, groups, group_size, seed)
         row = {"arm": name, "arch": meta["arch"], "kappa_bits": meta.get("kappa_bits"),
                "prompt": f"{letter}>", **sample_measures(indep, shared),
-               "val": _final_val(run_dir(cfg) / name),
-               "train_wall_s": meta.get("summary", {}).get("wall_s")}
+               "val": summary[name].get("final_val", {}),
+               "train_wall_s": summary[name].get("wall_s")}
         if meta["arch"] == "free":
             row["kl_bits"] = measured_kl_bits(model, tok, kl_docs, seed)
             row["kl_collapsed"] = row["kl_bits"] < 0.01
@@ -416,14 +399,9 @@ def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: i
                      "threads": torch.get_num_threads()},
         "wall_s": {"train": t_train, "total": time.perf_counter() - t0},
     }
-    _write_json(out / SAMPLES, samples)
-    _write_json(out / MEASURES, result)
-    try:
-        from ftbench.repro.figure import write_figure
-
-        log(f"figure: {write_figure(out)}")
-    except ImportError as e:  # matplotlib is an optional dependency
-        log(f"figure: not drawn ({e}); pip install matplotlib, then rerun to redraw it")
+    write_atomic(out / SAMPLES, json.dumps(samples, indent=1))
+    write_atomic(out / MEASURES, json.dumps(result, indent=1))
+    log(f"figure: {write_figure(out)}")
     return result
 
 

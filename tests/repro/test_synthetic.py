@@ -143,8 +143,8 @@ def test_figure_is_drawn_from_the_results_files(tmp_path):
 
 
 # The CI-sized run (`ftbench repro synthetic --ci`): the baseline, 1/8 bit and 1 bit, trained
-# for real (nothing mocked). Bounds from the runs of seeds 0-4 (1/8 bit) and 0-2 (1 bit) made
-# with `ftbench repro synthetic --ci --seed N` (the 1-bit arm as --kappas 1):
+# for real (nothing mocked). Bounds from `ftbench repro synthetic --ci --seed N` (one thread),
+# seeds 0-4 for 1/8 bit and 0-2 for 1 bit (seed 0 rerun with this code: identical figures):
 # - 1/8 bit, position distance shared / independent Z: 0.65, 0.80, 0.83, 0.64, 0.72
 #   (mean 0.73, sd 0.08); exact agreement is not asserted: 8.0/3.8, 4.3/2.0, 1.9/1.8,
 #   5.2/2.2, 6.4/1.9 % (shared/independent), which seed 2 does not separate.
