@@ -22,6 +22,24 @@ class LMOutput:
     """Free Transformer only: the encoder's H bit logits (posterior mode)."""
 
 
+@dataclass
+class Stream:
+    """The residual stream after the Z-independent blocks, with what the later blocks need.
+
+    Evaluation runs this part once per context and reuses it for every Z draw and every
+    continuation (`select` copies rows)."""
+
+    x_BTD: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    valid_BT: torch.Tensor | None
+
+    def select(self, rows_N: torch.Tensor) -> "Stream":
+        cos, sin = self.rope
+        return Stream(self.x_BTD.index_select(0, rows_N),
+                      (cos.index_select(0, rows_N), sin.index_select(0, rows_N)),
+                      None if self.valid_BT is None else self.valid_BT.index_select(0, rows_N))
+
+
 class BaselineDecoder(nn.Module):
     arch = "baseline"
 
@@ -36,9 +54,32 @@ class BaselineDecoder(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
                                                                  bias=False)
 
-    def new_cache(self, batch: int, max_len: int) -> DecodeCache:
+    def new_cache(self, batch: int, max_len: int, layers: range | None = None) -> DecodeCache:
         p = self.tok_emb.weight
-        return DecodeCache(self.cfg, batch, max_len, p.dtype, p.device)
+        return DecodeCache(self.cfg, batch, max_len, p.dtype, p.device, layers)
+
+    @property
+    def z_independent_layers(self) -> int:
+        """How many leading blocks never see the latent (the baseline: all of them)."""
+        return self.cfg.n_layers
+
+    def run_z_independent(self, tokens_BT: torch.Tensor, *,
+                          positions_BT: torch.Tensor | None = None,
+                          valid_BT: torch.Tensor | None = None,
+                          cache: DecodeCache | None = None) -> Stream:
+        """Embedding and the blocks before the latent enters; `cache` (covering those
+        blocks) is filled and advanced by T."""
+        rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
+        x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.z_independent_layers, rope,
+                                 mask, cache)
+        if cache is not None:
+            cache.length += tokens_BT.shape[1]
+        return Stream(x_BTD, rope, valid_BT)
+
+    def readout(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """Final norm and vocabulary logits for the given residual vectors only (scoring
+        reads a few positions; the others never need their V logits)."""
+        return self._logits(x_ND)
 
     def _prepare(self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor | None,
                  valid_BT: torch.Tensor | None, cache: DecodeCache | None):

@@ -86,17 +86,36 @@ class KVCache:
 
 
 class DecodeCache:
-    """The caches of all decoder blocks plus which slots hold real (non-pad) tokens."""
+    """The caches of decoder blocks plus which slots hold real (non-pad) tokens.
+
+    `layers` (default: all) limits it to a range of blocks: a Free model's Z-independent
+    first half and its second half can then be cached with different batch sizes (one row
+    per context for the first half, one per context and Z draw for the second).
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, layers: range | None = None):
         if max_len > cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
-        self.layers = [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype, device)
-                       for _ in range(cfg.n_layers)]
+        layers = range(cfg.n_layers) if layers is None else layers
+        self.layers = {i: KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype, device)
+                       for i in layers}
         self.valid_BS = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
         self.max_len = max_len
+
+    def select(self, rows_N: torch.Tensor) -> "DecodeCache":
+        """A new cache whose row n is a copy of row rows_N[n] (so several continuations
+        can extend one cached context)."""
+        out = DecodeCache.__new__(DecodeCache)
+        out.layers = {}
+        for i, c in self.layers.items():
+            kv = KVCache.__new__(KVCache)
+            kv.k, kv.v = c.k.index_select(0, rows_N), c.v.index_select(0, rows_N)
+            out.layers[i] = kv
+        out.valid_BS = self.valid_BS.index_select(0, rows_N)
+        out.length, out.max_len = self.length, self.max_len
+        return out
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ftbench.model.baseline import BaselineDecoder, LMOutput
+from ftbench.model.baseline import BaselineDecoder, LMOutput, Stream
 from ftbench.model.binary_mapper import (binary_mapper, kl_to_uniform, sample_codes,
                                          sample_uniform_codes)
 from ftbench.model.blocks import AttentionMask, Block, DecodeCache, RMSNorm
@@ -53,6 +53,40 @@ class FreeTransformer(BaselineDecoder):
     def inject_layer(self) -> int:
         """0-based index of block L/2+1, the only block that sees R."""
         return self.cfg.n_layers // 2
+
+    @property
+    def z_independent_layers(self) -> int:
+        return self.inject_layer
+
+    def encode(self, stream: Stream, seen_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's bit logits (B, T, H) from the first half's output, attending only
+        to `seen_BT` (default: the valid tokens)."""
+        seen_BT = seen_BT if seen_BT is not None else stream.valid_BT
+        return self.encoder(stream.x_BTD, stream.rope, AttentionMask.bidirectional(seen_BT))
+
+    def run_z_dependent(self, stream: Stream, z_BT: torch.Tensor,
+                        cache: DecodeCache | None = None) -> torch.Tensor:
+        """Blocks L/2+1..L on the first half's output, with codes z_BT; returns the last
+        block's output (before the final norm). `cache` covers those blocks only and is
+        advanced by T, so one first-half pass can feed many Z draws."""
+        T = stream.x_BTD.shape[1]
+        mask = AttentionMask.build(stream.valid_BT, cache, T, stream.x_BTD.device)
+        x_BTD = self._z_dependent_blocks(stream.x_BTD, self.post_sampler(z_BT), stream.rope,
+                                         mask, cache)
+        if cache is not None:
+            cache.length += T
+        return x_BTD
+
+    def _z_dependent_blocks(self, x_BTD, r_BTD, rope, mask, cache) -> torch.Tensor:
+        block = self.blocks[self.inject_layer]
+        layer_cache = cache.layers[self.inject_layer] if cache is not None else None
+        r_BTD = r_BTD.to(x_BTD.dtype)
+        if self.cfg.kv_injection == "norm_of_sum":
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_source=x_BTD + r_BTD)
+        else:
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_add=r_BTD)
+        return self._run_blocks(x_BTD, self.inject_layer + 1, self.cfg.n_layers, rope, mask,
+                                cache)
 
     @torch.no_grad()
     def latent_logits(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
@@ -113,15 +147,7 @@ class FreeTransformer(BaselineDecoder):
         else:
             raise ValueError(f"latent: {latent!r} is not one of posterior, prior, fixed")
 
-        block = self.blocks[self.inject_layer]
-        layer_cache = cache.layers[self.inject_layer] if cache is not None else None
-        r_BTD = r_BTD.to(x_BTD.dtype)
-        if self.cfg.kv_injection == "norm_of_sum":
-            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_source=x_BTD + r_BTD)
-        else:
-            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_add=r_BTD)
-        x_BTD = self._run_blocks(x_BTD, self.inject_layer + 1, self.cfg.n_layers, rope, mask,
-                                 cache)
+        x_BTD = self._z_dependent_blocks(x_BTD, r_BTD, rope, mask, cache)
         if cache is not None:
             cache.length += T
         return LMOutput(self._logits(x_BTD), kl_BT, z_BT, latent_logits_BTH)

@@ -1,8 +1,12 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ftbench.evaluation.scoring import ZProtocol, score_continuations
+from ftbench.evaluation.scoring import (ZProtocol, context_codes, context_key,
+                                        continuation_codes, score_continuations, score_requests)
+from ftbench.model import build_model
 
 REQUESTS = [([5, 9, 13, 2], [7, 11]), ([40, 41], [3]), ([3, 3, 3, 8, 1, 2, 4], [9, 9, 10]),
             ([12], [30, 31, 32, 33])]
@@ -39,21 +43,23 @@ def test_free_scores_do_not_depend_on_batching(toy_pair, protocol):
         assert abs(a[0] - b[0]) < 1e-9 and a[1] == b[1]
 
 
-class Spy(torch.nn.Module):
-    """Records what the scorer feeds a Free model."""
+class Spy:
+    """Records what the scorer feeds a Free model's encoder and Z-dependent blocks."""
 
     def __init__(self, model):
-        super().__init__()
-        self.model, self.arch, self.cfg, self.calls = model, model.arch, model.cfg, []
+        self.model, self.calls = model, []
 
-    def latent_logits(self, tokens, **kw):
-        out = self.model.latent_logits(tokens, **kw)
-        self.calls.append(("latent", tokens.clone(), out.clone()))
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode(self, stream, seen_BT=None):
+        out = self.model.encode(stream, seen_BT)
+        self.calls.append(("encode", stream.x_BTD.shape[1], out.clone()))
         return out
 
-    def forward(self, tokens, **kw):
-        out = self.model(tokens, **kw)
-        self.calls.append(("forward", tokens.clone(), kw["z_BT"].clone(), out.logits_BTV.clone()))
+    def run_z_dependent(self, stream, z_BT, cache=None):
+        out = self.model.run_z_dependent(stream, z_BT, cache)
+        self.calls.append(("z", z_BT.clone(), out.clone()))
         return out
 
 
@@ -68,14 +74,16 @@ def test_free_context_z_never_sees_the_continuation(toy_pair):
         score_continuations(spy, [(ctx, cont)], ZProtocol("posterior", draws=2, seed=3))
         runs.append(spy.calls)
     n = len(ctx)
-    (_, _, lat_a), (_, _, lat_b) = runs[0][0], runs[1][0]
-    assert torch.equal(lat_a[:, :n], lat_b[:, :n])
-    for call_a, call_b in zip(runs[0][1:], runs[1][1:]):
-        assert torch.equal(call_a[2][:, :n], call_b[2][:, :n])  # context Z identical
-        assert torch.equal(call_a[3][:, :n], call_b[3][:, :n])  # context logits identical
+    (kind_a, seen_a, lat_a), (_, seen_b, lat_b) = runs[0][0], runs[1][0]
+    assert kind_a == "encode" and seen_a == seen_b == n  # the encoder read the context only
+    assert torch.equal(lat_a, lat_b)
+    (_, z_ctx_a, out_a), (_, z_ctx_b, out_b) = runs[0][1], runs[1][1]
+    assert torch.equal(z_ctx_a, z_ctx_b) and torch.equal(out_a, out_b)  # context Z and states
+    (_, z_cont_a, _), (_, z_cont_b, _) = runs[0][2], runs[1][2]
+    assert torch.equal(z_cont_a, z_cont_b)  # continuation Z ignores the continuation's text
     # Whereas an encoder allowed to see everything would have changed its view of the context.
-    full_a = free.latent_logits(runs[0][1][1])
-    full_b = free.latent_logits(runs[1][1][1])
+    full_a = free.latent_logits(torch.tensor([ctx + [4, 8]]))
+    full_b = free.latent_logits(torch.tensor([ctx + [60, 61]]))
     assert not torch.allclose(full_a[:, :n], full_b[:, :n])
 
 
@@ -88,3 +96,104 @@ def test_draws_and_protocols_are_recorded_choices(toy_pair):
     assert all(abs(a[0] - b[0]) > 0 for a, b in zip(post1, prior))
     with pytest.raises(ValueError, match="z protocol"):
         ZProtocol("argmax")
+
+
+# ---- the new scorer against brute force, and the properties it must keep ------------
+
+MC = [  # items as lm-eval sends them: several continuations share one context
+    ([5, 9, 13, 2, 7, 1, 3], [[4], [8, 15], [60, 61, 62], [9]]),
+    ([40, 41, 42], [[3, 5], [7], [11, 12]]),
+    ([12], [[30, 31, 32, 33], [2]]),
+]
+
+
+def _flat(items):
+    return [(ctx, cont) for ctx, conts in items for cont in conts]
+
+
+@torch.no_grad()
+def _brute_force(model, ctx, cont, protocol, draws, seed):
+    """A full uncached forward over context + continuation per draw, with the draw's Z."""
+    H, n, key = model.cfg.latent_bits, len(ctx), context_key(ctx)
+    latent = model.latent_logits(torch.tensor([ctx]))[0] if protocol == "posterior" else None
+    x = torch.tensor([ctx + cont[:-1]])
+    per_draw = []
+    for k in range(draws):
+        z = torch.cat((context_codes(latent, key, n, H, seed, k),
+                       continuation_codes(key, range(n, n + len(cont) - 1), H, seed, k)))
+        logp = F.log_softmax(model(x, latent="fixed", z_BT=z[None]).logits_BTV[0], -1)
+        per_draw.append(sum(logp[n - 1 + i, t] for i, t in enumerate(cont)))
+    per_draw = torch.stack(per_draw)
+    return float(torch.logsumexp(per_draw, 0) - math.log(draws)), per_draw.tolist()
+
+
+@pytest.mark.parametrize("protocol", ["posterior", "prior"])
+def test_k_draws_equal_a_full_forward_per_draw(toy_pair, protocol):
+    _, free = toy_pair
+    reqs = _flat(MC)
+    res = score_requests(free, reqs, protocols=(protocol,), draws=4, seed=2, batch_size=2)
+    for (ctx, cont), s in zip(reqs, res[protocol]):
+        ref, ref_draws = _brute_force(free, ctx, cont, protocol, 4, 2)
+        assert abs(s.logp - ref) < 1e-5
+        assert max(abs(a - b) for a, b in zip(s.draws, ref_draws)) < 1e-5
+
+
+def test_both_protocols_from_one_pass_equal_separate_runs(toy_pair):
+    _, free = toy_pair
+    reqs = _flat(MC)
+    both = score_requests(free, reqs, protocols=("posterior", "prior"), draws=3, seed=1)
+    for p in ("posterior", "prior"):
+        alone = score_requests(free, reqs, protocols=(p,), draws=3, seed=1)[p]
+        assert [s.draws for s in both[p]] == [s.draws for s in alone]
+
+
+@pytest.mark.parametrize("arch", ["baseline", "free"])
+def test_prefix_shared_scores_equal_unshared_scores(toy_pair, arch):
+    model = toy_pair[0] if arch == "baseline" else toy_pair[1]
+    reqs = _flat(MC)
+    protocols = ("posterior", "prior") if arch == "free" else ()
+    shared = score_requests(model, reqs, protocols=protocols, draws=3, seed=4)
+    for i, req in enumerate(reqs):  # each request alone: nothing to share
+        alone = score_requests(model, [req], protocols=protocols, draws=3, seed=4)
+        for key, scores in alone.items():
+            assert abs(scores[0].logp - shared[key][i].logp) < 1e-9
+            assert scores[0].greedy == shared[key][i].greedy
+
+
+def test_continuation_z_does_not_depend_on_the_continuation(toy_pair):
+    """With Z at the second continuation slot shared by every second token b, the
+    two-token scores marginalise exactly: sum_b p(a, b | ctx) = p(a | ctx), at K = 8."""
+    _, free = toy_pair
+    ctx, a, V = [5, 9, 13, 2], 17, free.cfg.vocab_size
+    for protocol in ("posterior", "prior"):
+        z = ZProtocol(protocol, draws=8, seed=5)
+        pairs = score_continuations(free, [(ctx, [a, b]) for b in range(V)], z)
+        (single,) = score_continuations(free, [(ctx, [a])], z)
+        total = torch.logsumexp(torch.tensor([lp for lp, _ in pairs], dtype=torch.float64), 0)
+        assert abs(float(total) - single[0]) < 1e-9
+
+
+@pytest.mark.parametrize("arch,draws", [("baseline", 1), ("free", 1), ("free", 8)])
+def test_single_token_continuations_sum_to_one_over_the_vocabulary(toy_pair, arch, draws):
+    """No leak: were the continuation to reach Z, the probabilities of every possible next
+    token would not sum to 1."""
+    model = toy_pair[0] if arch == "baseline" else toy_pair[1]
+    ctx, V = [5, 9, 13, 2, 7, 1], model.cfg.vocab_size
+    for protocol in ("posterior", "prior"):
+        scores = score_continuations(model, [(ctx, [v]) for v in range(V)],
+                                     ZProtocol(protocol, draws, seed=6))
+        total = sum(math.exp(lp) for lp, _ in scores)
+        assert abs(total - 1.0) < 1e-4
+        assert sum(greedy for _, greedy in scores) == 1  # the mixture's argmax, once
+
+
+def test_bf16_autocast_path_keeps_log_softmax_in_fp32(toy_cfg):
+    # bf16 matmuls are 20-30x slower on these CPUs: a tiny model and four requests.
+    free = build_model(toy_cfg.replace(n_layers=2, d_model=32, ffn_hidden=64), "free",
+                       seed=3).eval()
+    reqs = _flat(MC[:2])[:4]
+    fp32 = score_requests(free, reqs, protocols=("prior",), draws=2, amp=None)["prior"]
+    bf16 = score_requests(free, reqs, protocols=("prior",), draws=2, amp="bf16")["prior"]
+    for a, b in zip(fp32, bf16):
+        assert math.isfinite(b.logp) and abs(a.logp - b.logp) < 0.05 * len(b.draws) + 0.1
+        assert a.logp != b.logp  # the autocast path did run in bf16
