@@ -168,20 +168,33 @@ def eval_(
     limit: Optional[int] = typer.Option(
         None, "--limit", help="Score only the first N items of each task (a smoke test: marked "
                               "in the results and flagged in reports)."),
-    z_draws: int = typer.Option(1, "--z-draws", help="Free models: Z draws per log-likelihood "
-                                "item, combined by log-mean-exp."),
+    z_draws: Optional[int] = typer.Option(
+        None, "--z-draws", help="Free models: Z draws per log-likelihood item, shared by its "
+                                "choices and combined by log-mean-exp (default 8)."),
     z_protocol: str = typer.Option("posterior", "--z-protocol",
-                                   help="Free models: 'posterior' (the encoder sees the context "
-                                        "only, new tokens get prior Z) or 'prior' (uniform Z "
-                                        "everywhere)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the Z draws, sampling and few-shot order. "
-                             "Seed 0 gives the main results; other seeds are replicas kept in "
-                             "<arm>/seed<N>/, whose spread the report shows."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
-    n_samples: int = typer.Option(1, "--n-samples", help="Code tasks: samples per problem "
-                                  "(1: greedy; more: sampling at --temperature, with pass@k)."),
-    temperature: float = typer.Option(0.8, "--temperature",
-                                      help="Code tasks: sampling temperature when n-samples > 1."),
+                                   help="Free models, the headline protocol: 'posterior' (the "
+                                        "encoder sees the context only, new tokens get prior Z) "
+                                        "or 'prior' (uniform Z everywhere)."),
+    compare_protocols: bool = typer.Option(
+        True, "--compare-protocols/--no-compare-protocols",
+        help="Free models, log-likelihood tasks: also score the other Z protocol (from the "
+             "same pass over the first half); the report shows both."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Z draws and of token sampling (not "
+                             "of the few-shot examples). Seed 0 gives the main results; other "
+                             "seeds are replicas kept in <arm>/seed<N>/, whose spread the "
+                             "report shows."),
+    fewshot_seed: int = typer.Option(0, "--fewshot-seed", help="Seed of the few-shot examples' "
+                                     "choice and order (replicas in <arm>/seed<N>-fewshot<M>/)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Contexts (log-likelihood) or "
+                                   "sequences (generation) per forward pass."),
+    n_samples: Optional[int] = typer.Option(
+        None, "--n-samples", help="Generative tasks (GSM8K, HumanEval+, MBPP+): samples per "
+                                  "prompt, each with its own Z (default 5 for Free models; 1 "
+                                  "for baselines unless --temperature > 0). Mean, its "
+                                  "standard error across samples and pass@k are recorded."),
+    temperature: float = typer.Option(0.0, "--temperature",
+                                      help="Token sampling temperature for generative tasks "
+                                           "(0: greedy; Free samples then differ by Z only)."),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Local mirror laid out like shared/data (offline; default "
                                  "$FTBENCH_DATA_DIR, else the Hugging Face hub)."),
@@ -193,8 +206,11 @@ def eval_(
     """Evaluate trained models on code, math and QA benchmarks.
 
     Results go to results/<run>/<arm>/<task>.json (a versioned schema with per-item
-    outcomes, data and weight hashes, the Z protocol and library versions). Finished tasks
-    are kept when the same command runs again. To spread the items over several processes
+    outcomes, data and weight hashes, the Z protocol and library versions). Free models are
+    scored with 8 Z draws per log-likelihood item under both Z protocols and with 5 Z
+    samples per generation prompt, and the spread over draws and samples is recorded;
+    baselines get one deterministic pass. Finished tasks are kept when the same command
+    runs again. To spread the items over several processes
     or GPUs, launch with torchrun: `torchrun --nproc_per_node=8 -m ftbench eval ...` (the
     scores are the same for any number of ranks).
     """
@@ -219,9 +235,15 @@ def eval_(
                     raise EvalError(f"{d} is not an exported ftbench model (config.json and "
                                     "model.safetensors); train one with `ftbench train-pair`")
             dirs = list(model_dirs)
-        settings = EvalSettings(limit=limit, z_protocol=z_protocol, z_draws=z_draws, seed=seed,
-                                batch_size=batch_size, n_samples=n_samples,
-                                temperature=temperature)
+        if z_protocol not in ("posterior", "prior"):
+            raise EvalError(f"--z-protocol: {z_protocol!r} is not one of posterior, prior")
+        for name, value in (("--z-draws", z_draws), ("--n-samples", n_samples)):
+            if value is not None and value < 1:
+                raise EvalError(f"{name}: must be at least 1, got {value}")
+        settings = EvalSettings(limit=limit, z_protocol=z_protocol,
+                                compare_protocols=compare_protocols, z_draws=z_draws, seed=seed,
+                                fewshot_seed=fewshot_seed, batch_size=batch_size,
+                                n_samples=n_samples, temperature=temperature)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
                         results / ".cache", ctx=ctx)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:

@@ -112,12 +112,25 @@ def score_samples(task: str, problems: Path, samples: Path, out: Path, cache: Pa
     return json.loads(out.read_text())
 
 
-def summarise(scored: dict, n_samples: int) -> tuple[dict, dict]:
-    """Metrics (base and plus pass@k, with stderr over problems) and per-problem outcomes."""
+def summarise(scored: dict, n_samples: int) -> tuple[dict, dict, dict | None]:
+    """Metrics (base and plus pass@k, with stderr over problems), per-problem outcomes and,
+    with several samples, the spread of the per-sample pass@1 (one score per sample index:
+    for a Free arm at greedy decoding, one Z stream per problem)."""
+    from ftbench.evaluation.replicas import spread_stats
+
     by_task: dict[str, list[tuple[bool, bool]]] = {}
+    by_index: dict[int, list[tuple[bool, bool]]] = {}
     for r in scored["results"]:
         base = r["base_status"] == "pass"
-        by_task.setdefault(r["task_id"], []).append((base, base and r["plus_status"] == "pass"))
+        outcome = (base, base and r["plus_status"] == "pass")
+        by_task.setdefault(r["task_id"], []).append(outcome)
+        by_index.setdefault(int(r.get("index", 0)), []).append(outcome)
+    spread = None
+    if n_samples > 1:
+        spread = {"kind": "z_samples", "n": n_samples, "metrics": {
+            f"pass@1,{which}": spread_stats([sum(x[col] for x in v) / len(v)
+                                             for _, v in sorted(by_index.items())])
+            for which, col in (("base", 0), ("plus", 1))}}
     metrics, per_item = {}, {}
     ks = [k for k in (1, 5, 10, 100) if k <= n_samples]
     for which, col in (("base", 0), ("plus", 1)):
@@ -128,7 +141,7 @@ def summarise(scored: dict, n_samples: int) -> tuple[dict, dict]:
             metrics[f"pass@{k},{which}"] = {"value": mean, "stderr": math.sqrt(var / len(vals))}
         per_item[f"pass@1,{which}"] = {t: sum(x[col] for x in v) / len(v)
                                        for t, v in by_task.items()}
-    return metrics, per_item
+    return metrics, per_item, spread
 
 
 def write_samples(path: Path, rows: list[dict]) -> None:
@@ -149,13 +162,15 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
                      max_new_tokens: int, batch_size: int, seed: int) -> list[dict] | None:
     """Direct completion of each prompt; cut at EvalPlus's stop strings; sanitised.
 
-    Under torchrun, rank r generates batches r, r + W, ...; a batch's content and seeds
-    do not depend on W, so the samples are the same for any number of ranks. Rank 0
-    returns every row in order, the other ranks None."""
+    Sample i of a prompt draws its Z (and, at a temperature, its tokens) from streams
+    seeded by (seed, i, prompt): nothing depends on the batching, so under torchrun (rank r
+    generates batches r, r + W, ...) the samples are the same for any number of ranks.
+    Rank 0 returns every row in order, the other ranks None."""
     import torch
     from evalplus.sanitize import sanitize
     from tqdm import tqdm
 
+    from ftbench.evaluation.scoring import context_key, stream_generator
     from ftbench.inference.generation import SamplingConfig, generate
 
     dataset = DATASETS[task][0]
@@ -165,24 +180,27 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
     jobs = [(p, i) for p in problems for i in range(n_samples)]
     rows = []
     budget = max(1, min(max_new_tokens, model.cfg.max_seq_len // 2))
-    cfg = SamplingConfig(max_new_tokens=budget, temperature=temperature if n_samples > 1 else 0.0,
-                         top_p=0.95 if n_samples > 1 else 1.0, stop_token_ids=(tok.eot_id,))
+    cfg = SamplingConfig(max_new_tokens=budget, temperature=temperature,
+                         top_p=0.95 if temperature > 0 else 1.0, stop_token_ids=(tok.eot_id,))
     starts = list(range(0, len(jobs), batch_size))[rank::world]
     # One untimed call first: one-time costs (first kernels, allocator) are not the model's
     # speed, and would land on whichever arm is evaluated first.
     generate(model, [[tok.eot_id]], dataclasses.replace(cfg, max_new_tokens=2),
              pad_id=tok.pad_id, z_protocol=lm.z.protocol,
              z_generator=torch.Generator().manual_seed(0),
-             token_generator=torch.Generator().manual_seed(0))
+             token_generator=torch.Generator().manual_seed(0), amp=lm.amp)
     for s in tqdm(starts, desc=f"{task} generation", disable=rank != 0):
         chunk = jobs[s:s + batch_size]
         prompts = [tok.encode(p["prompt"])[-(model.cfg.max_seq_len - budget):] or [tok.eot_id]
                    for p, _ in chunk]
+        keys = [context_key(ids) for ids in prompts]
         t0 = time.perf_counter()
         out = generate(model, prompts, cfg, pad_id=tok.pad_id, z_protocol=lm.z.protocol,
-                       z_generator=torch.Generator().manual_seed(seed + s),
-                       token_generator=torch.Generator().manual_seed(seed + 10_000 + s),
-                       stop_strings=stops, decode=tok.decode)
+                       z_streams=[stream_generator(seed, k, i, "gen-z")
+                                  for k, (_, i) in zip(keys, chunk)],
+                       token_streams=[stream_generator(seed, k, i, "gen-tokens")
+                                      for k, (_, i) in zip(keys, chunk)],
+                       stop_strings=stops, decode=tok.decode, amp=lm.amp)
         # Only generate() is timed (not tokenising, sanitising or imports); each row
         # carries its share of its batch's time.
         share = (time.perf_counter() - t0) / len(chunk)

@@ -1,9 +1,18 @@
 """lm-evaluation-harness adapter: both architectures as an lm-eval `TemplateLM`.
 
 `FtbenchLM(path=models/<run>/<arm>)` scores log-likelihood requests through
-`ftbench.evaluation.scoring` (batched, leak-free for Free models) and generates with the
-KV cache. The Free model's Z protocol, draws and seed are constructor arguments and are
-reported by `protocol_record()` so that results carry them.
+`ftbench.evaluation.scoring` (shared contexts computed once, leak-free for Free models)
+and generates with the KV cache, in batches. The Free model's Z protocol, draws, samples
+and seed are constructor arguments and are reported by `protocol_record()` so that
+results carry them.
+
+One lm-eval pass gives one score per item; two kinds of replicas are kept for the passes
+that follow (the runner makes them, lm-eval computes every metric of every pass):
+- log-likelihood: every request is scored under all `protocols` (and all K draws) at
+  once; `replay = "<protocol>"` answers a later pass from those scores;
+- generation: every request gets `z_samples` samples at once, each with its own Z stream
+  (seeded by the seed, the sample index and the prompt); `sample_index = i` answers a later
+  pass with sample i.
 
 Importing this module registers the model as "ftbench" with lm-eval; lm-eval's own CLI
 does not import plugins, so use `python -m ftbench.evaluation.lm_eval_main --model ftbench
@@ -12,6 +21,8 @@ does not import plugins, so use `python -m ftbench.evaluation.lm_eval_main --mod
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import torch
@@ -20,7 +31,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ftbench.evaluation.scoring import ZProtocol, score_continuations
+from ftbench.evaluation.scoring import (BASELINE_KEY, Score, ZProtocol, context_key,
+                                        score_requests, stream_generator)
 from ftbench.inference.generation import SamplingConfig, generate
 from ftbench.training.distributed import DistContext, init_distributed
 from ftbench.training.export import load_pretrained
@@ -30,7 +42,9 @@ from ftbench.training.export import load_pretrained
 class FtbenchLM(TemplateLM):
     def __init__(self, path: str | None = None, model=None, tokenizer=None,
                  batch_size: int | str = 8, z_protocol: str = "posterior", z_draws: int = 1,
-                 z_seed: int = 0, max_gen_toks: int = 256, device: str | None = None,
+                 z_seed: int = 0, protocols: str | tuple[str, ...] | None = None,
+                 z_samples: int = 1, temperature: float = 0.0, max_gen_toks: int = 256,
+                 device: str | None = None, amp: str | None = "auto",
                  ctx: DistContext | None = None, **_ignored: Any):
         super().__init__()
         # Under torchrun every rank holds the whole model and scores its share of the
@@ -50,8 +64,28 @@ class FtbenchLM(TemplateLM):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self.z = ZProtocol(z_protocol, int(z_draws), int(z_seed))
+        if isinstance(protocols, str):
+            protocols = tuple(p.strip() for p in protocols.split(",") if p.strip())
+        self.protocols = tuple(dict.fromkeys((z_protocol, *(protocols or ()))))
+        self.z_samples = int(z_samples)
+        if self.z_samples < 1:
+            raise ValueError(f"z_samples: must be >= 1, got {z_samples}")
+        self.temperature = float(temperature)
         self.max_gen_toks = int(max_gen_toks)
+        self.amp = amp
         self.path = path
+        self.replay: str | None = None
+        self.sample_index = 0
+        self.scores: dict[tuple, dict[str, Score]] = {}
+        """(context ids, continuation ids) -> {protocol: Score} of every request seen."""
+        self.scores_by_text: dict[tuple[str, str], dict[str, Score]] = {}
+        self.samples: dict[tuple, list[str]] = {}
+        """(context, gen_kwargs) -> the z_samples texts generated for it."""
+        self.gen_stats = {"new_tokens": 0, "seconds": 0.0}
+
+    @property
+    def headline(self) -> str:
+        return self.z.protocol if self.model.arch == "free" else BASELINE_KEY
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +113,8 @@ class FtbenchLM(TemplateLM):
         if self.model.arch != "free":
             return {"arch": "baseline"}
         return {"arch": "free", "z_protocol": self.z.protocol, "z_draws": self.z.draws,
-                "z_seed": self.z.seed}
+                "z_seed": self.z.seed, "protocols": list(self.protocols),
+                "z_samples": self.z_samples}
 
     @property
     def eot_token_id(self) -> int:
@@ -95,17 +130,38 @@ class FtbenchLM(TemplateLM):
     def tok_decode(self, tokens, **kwargs) -> str:
         return self.tokenizer.decode(tokens)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        pairs = [(ctx, cont) for _, ctx, cont in requests]
-        results = []
+    def _score(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[dict]:
+        out = []
         chunk = self.batch_size * 8
         for s in tqdm(range(0, len(pairs), chunk), disable=disable_tqdm or self.rank != 0,
                       desc="loglikelihood"):
-            results += score_continuations(self.model, pairs[s:s + chunk], self.z,
-                                           self.batch_size, self.max_length)
-        for (key, _, _), result in zip(requests, results):
-            if key is not None:
-                self.cache_hook.add_partial("loglikelihood", key, result)
+            res = score_requests(self.model, pairs[s:s + chunk], protocols=self.protocols,
+                                 draws=self.z.draws, seed=self.z.seed,
+                                 batch_size=self.batch_size, max_length=self.max_length,
+                                 amp=self.amp)
+            out += [{k: v[i] for k, v in res.items()} for i in range(len(pairs[s:s + chunk]))]
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        keys = [(tuple(ctx), tuple(cont)) for _, ctx, cont in requests]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.scores))
+        # Sorted so that items sharing a context land in the same scoring chunk.
+        todo.sort(key=lambda k: (-len(k[0]), k[0]))
+        for key, scored in zip(todo, self._score([(list(c), list(t)) for c, t in todo],
+                                                 disable_tqdm)):
+            self.scores[key] = scored
+        which = self.replay or self.headline
+        if which not in (self.protocols if self.model.arch == "free" else (BASELINE_KEY,)):
+            raise ValueError(f"replay: {which!r} was not scored (protocols "
+                             f"{list(self.protocols)})")
+        results = []
+        for (text_key, _, _), key in zip(requests, keys):
+            scored = self.scores[key]
+            result = (scored[which].logp, scored[which].greedy)
+            if text_key is not None:
+                self.scores_by_text[tuple(text_key)] = scored
+                self.cache_hook.add_partial("loglikelihood", text_key, result)
+            results.append(result)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -123,36 +179,77 @@ class FtbenchLM(TemplateLM):
             out.append(total)
         return out
 
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0,
-                        desc="generate_until"):
+    def _sampling(self, gen_kwargs: dict) -> tuple[tuple[str, ...], int, SamplingConfig]:
+        gen_kwargs = dict(gen_kwargs or {})
+        until = gen_kwargs.pop("until", None) or []
+        until = (until,) if isinstance(until, str) else tuple(until)
+        max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+        temperature = self.temperature
+        if temperature == 0 and gen_kwargs.get("do_sample"):
+            temperature = float(gen_kwargs.get("temperature", 0.0) or 0.0)
+        # Left-truncation below keeps the context and max_new tokens within the model.
+        max_new = max(1, min(max_new, self.max_length // 2))
+        cfg = SamplingConfig(max_new_tokens=max_new, temperature=temperature,
+                             top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0),
+                             stop_token_ids=(self.eot_token_id,))
+        return until, max_new, cfg
+
+    def _generate_all(self, requests, disable_tqdm: bool) -> None:
+        """Every sample of every request not generated yet, batched across requests and
+        samples; row (request, i) uses streams seeded by (seed, i, its prompt)."""
+        n = self.z_samples
+        jobs = []
+        for req in requests:
             context, gen_kwargs = req.args
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
-            do_sample = bool(gen_kwargs.pop("do_sample", False))
-            temperature = float(gen_kwargs.pop("temperature", 0.0)) if do_sample else 0.0
-            # Left-truncate the context so that it and max_new tokens fit the model.
-            max_new = max(1, min(max_new, self.max_length // 2))
-            ctx_ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
-            gen = generate(self.model, [ctx_ids],
-                           SamplingConfig(max_new_tokens=max_new, temperature=temperature,
-                                          top_p=float(gen_kwargs.pop("top_p", 1.0) or 1.0),
-                                          stop_token_ids=(self.eot_token_id,)),
-                           pad_id=self.tokenizer.pad_id,
-                           z_generator=torch.Generator().manual_seed(self.z.seed),
-                           token_generator=torch.Generator().manual_seed(self.z.seed + 1),
-                           z_protocol=self.z.protocol, stop_strings=until,
-                           decode=self.tok_decode)
-            ids = gen.tokens[0]
-            if ids and ids[-1] == self.eot_token_id:
-                ids = ids[:-1]
-            text = self.tok_decode(ids)
-            for stop in until:  # the continuation is cut before the first stop string
-                if stop:
-                    text = text.split(stop)[0]
-            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
+            key = (context, _kwargs_key(gen_kwargs))
+            if key in self.samples:
+                continue
+            until, max_new, cfg = self._sampling(gen_kwargs)
+            ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
+            self.samples[key] = [None] * n
+            jobs += [(key, i, ids, until, cfg) for i in range(n)]
+        by_setting: dict = {}
+        for job in jobs:
+            by_setting.setdefault((job[3], job[4]), []).append(job)
+        batches = []
+        for (until, cfg), group in by_setting.items():
+            group.sort(key=lambda j: -len(j[2]))  # similar lengths pad less
+            batches += [(until, cfg, group[s:s + self.batch_size])
+                        for s in range(0, len(group), self.batch_size)]
+        for until, cfg, batch in tqdm(batches, disable=disable_tqdm or self.rank != 0,
+                                      desc="generate_until"):
+            ckeys = [context_key(ids) for _, _, ids, _, _ in batch]
+            t0 = time.perf_counter()
+            gen = generate(self.model, [ids for _, _, ids, _, _ in batch], cfg,
+                           pad_id=self.tokenizer.pad_id, z_protocol=self.z.protocol,
+                           z_streams=[stream_generator(self.z.seed, k, i, "gen-z")
+                                      for (_, i, _, _, _), k in zip(batch, ckeys)],
+                           token_streams=[stream_generator(self.z.seed, k, i, "gen-tokens")
+                                          for (_, i, _, _, _), k in zip(batch, ckeys)],
+                           stop_strings=until, decode=self.tok_decode, amp=self.amp)
+            self.gen_stats["seconds"] += time.perf_counter() - t0
+            for (key, i, _, _, _), ids in zip(batch, gen.tokens):
+                self.gen_stats["new_tokens"] += len(ids)
+                if ids and ids[-1] == self.eot_token_id:
+                    ids = ids[:-1]
+                text = self.tok_decode(ids)
+                for stop in until:  # the continuation is cut before the first stop string
+                    if stop:
+                        text = text.split(stop)[0]
+                self.samples[key][i] = text
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not 0 <= self.sample_index < self.z_samples:
+            raise ValueError(f"sample_index {self.sample_index} is outside 0..{self.z_samples - 1}")
+        self._generate_all(requests, disable_tqdm)
+        out = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            text = self.samples[(context, _kwargs_key(gen_kwargs))][self.sample_index]
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
+
+
+def _kwargs_key(gen_kwargs) -> str:
+    return json.dumps(gen_kwargs or {}, sort_keys=True, default=str)

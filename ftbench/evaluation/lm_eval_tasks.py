@@ -28,13 +28,14 @@ class LmEvalTask:
     builtin: str | None  # path under lm_eval/tasks of the included definition
     num_fewshot: int | None  # None: the task's default
     files: tuple[str, ...]  # mirror files the offline version reads
+    generative: bool = False  # generate_until (n samples) rather than log-likelihoods (K draws)
 
 
 LM_EVAL_TASKS = {
     "gsm8k": LmEvalTask("gsm8k", "math", "gsm8k/gsm8k.yaml", None,
-                        ("gsm8k/train.jsonl", "gsm8k/test.jsonl")),
+                        ("gsm8k/train.jsonl", "gsm8k/test.jsonl"), generative=True),
     "gsm8k_cot": LmEvalTask("gsm8k_cot", "math", "gsm8k/gsm8k-cot.yaml", None,
-                            ("gsm8k/test.jsonl",)),
+                            ("gsm8k/test.jsonl",), generative=True),
     "mmlu": LmEvalTask("mmlu", "qa", None, 5, ("mmlu/data",)),
     "commonsense_qa": LmEvalTask("commonsense_qa", "qa", "commonsense_qa/default.yaml", 0,
                                  ("commonsenseqa/train_rand_split.jsonl",

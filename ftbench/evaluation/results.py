@@ -10,11 +10,21 @@
       "task_version": "3.0", "data": {"mode": "offline", "files": {"gsm8k/test.jsonl": "<sha256>"}},
       "model": {"path": ..., "run": ..., "arm": ..., "arch": ..., "config_sha256": ...,
                 "weights_sha256": ...},
-      "protocol": {"arch": "free", "z_protocol": "posterior", "z_draws": 1, "z_seed": 0},
-      "seed": 0, "versions": {...}, "git": {"commit": ..., "dirty": ...},
-      "wall_s": 12.3, "created": "2026-11-25T02:00:00Z"
+      "protocol": {"arch": "free", "z_protocol": "posterior", "z_draws": 8, "z_seed": 0,
+                   "protocols": ["posterior", "prior"], "estimator": "log-mean-exp ..."},
+      "seed": 0, "fewshot_seed": 0, "versions": {...}, "git": {"commit": ..., "dirty": ...},
+      "wall_s": 12.3, "created": "2026-11-25T02:00:00Z",
+      # Free arms (schema 2, optional):
+      "protocols": {"prior": {"metrics": {...}, "per_item": {...}, "n_items": 1319}},
+      "spread": {"kind": "z_draws", "n": 8, "metric": "acc,none",
+                 "protocols": {"posterior": {"values": [...], "mean", "sd", "se", "n"}, ...}}
+                or {"kind": "z_samples", "n": 5, "metrics": {"<metric>": {"values": ...}}}
     }
+Top-level metrics and per-item outcomes are the headline protocol's (`protocol`); the
+other Z protocol of a log-likelihood task is in "protocols", scored from the same pass.
+"spread" holds the per-draw (log-likelihood) or per-sample (generation) scores.
 Per-item outcomes keep the document ids, so two arms can be compared item by item.
+Schema 1 files (no protocol blocks, no spread) are still read.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED = {"schema_version": int, "task": str, "suite": str, "harness": str, "metrics": dict,
             "per_item": dict, "n_items": int, "data": dict, "model": dict, "protocol": dict,
             "seed": int, "versions": dict, "git": dict, "wall_s": float, "created": str}
@@ -45,15 +56,27 @@ def validate_result(data: dict, where: str = "result") -> dict:
             continue
         if not isinstance(data[key], typ):
             raise ResultsError(f"{where}: field {key!r} should be {typ.__name__}")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ResultsError(f"{where}: schema_version {data['schema_version']} is not "
-                           f"{SCHEMA_VERSION}; re-run the evaluation with this ftbench")
+    if data["schema_version"] not in READABLE_VERSIONS:
+        raise ResultsError(f"{where}: schema_version {data['schema_version']} is not one of "
+                           f"{READABLE_VERSIONS}; re-run the evaluation with this ftbench")
     if "limit" not in data:
         raise ResultsError(f"{where}: missing field 'limit'")
-    for name, m in data["metrics"].items():
+    _check_metrics(data["metrics"], where)
+    for protocol, block in (data.get("protocols") or {}).items():
+        if not isinstance(block, dict) or not {"metrics", "per_item"} <= set(block):
+            raise ResultsError(f"{where}: protocols.{protocol} needs metrics and per_item")
+        _check_metrics(block["metrics"], f"{where}: protocols.{protocol}")
+    spread = data.get("spread")
+    if spread is not None and (not isinstance(spread, dict) or
+                               spread.get("kind") not in ("z_draws", "z_samples")):
+        raise ResultsError(f"{where}: spread needs kind 'z_draws' or 'z_samples'")
+    return data
+
+
+def _check_metrics(metrics: dict, where: str) -> None:
+    for name, m in metrics.items():
         if not isinstance(m, dict) or "value" not in m or "stderr" not in m:
             raise ResultsError(f"{where}: metric {name!r} needs value and stderr")
-    return data
 
 
 def write_result(path: Path, data: dict) -> None:

@@ -25,18 +25,51 @@ class EvalError(RuntimeError):
     pass
 
 
+# The protocol defaults for Free arms (shared/docs/free-transformer.md section 9.3).
+FREE_Z_DRAWS = 8
+FREE_Z_SAMPLES = 5
+LL_ESTIMATOR = ("log-mean-exp over K Z draws of p(continuation | context, Z): estimates "
+                "log E_Z p, biased low (Jensen), less so as K grows; draws shared by an "
+                "item's choices")
+GEN_ESTIMATOR = ("mean over n samples per prompt, each with its own Z stream; stderr across "
+                 "samples in 'spread'; unbiased pass@k")
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     limit: int | None = None
     z_protocol: str = "posterior"
-    z_draws: int = 1
+    """Free arms: the headline protocol (the main table)."""
+    compare_protocols: bool = True
+    """Free arms, log-likelihood tasks: also score the other protocol, from the same pass."""
+    z_draws: int | None = None
+    """Free arms: Z draws per log-likelihood item (None: FREE_Z_DRAWS)."""
     seed: int = 0
+    """Z draws and token sampling only; few-shot examples follow `fewshot_seed`."""
+    fewshot_seed: int = 0
     batch_size: int = 8
     max_gen_toks: int = 256
-    n_samples: int = 1
-    """Code tasks: samples per problem (1: greedy; more: temperature sampling, pass@k)."""
-    temperature: float = 0.8
+    n_samples: int | None = None
+    """Generative tasks: samples per prompt (None: FREE_Z_SAMPLES for Free arms, 1 for
+    baselines, whose greedy samples would all be the same)."""
+    temperature: float = 0.0
+    """0: greedy tokens (Free samples then differ only by Z)."""
     sandbox_parallel: int | None = None
+
+    def draws(self, arch: str) -> int:
+        return (self.z_draws or FREE_Z_DRAWS) if arch == "free" else 1
+
+    def samples(self, arch: str) -> int:
+        if arch == "free":
+            return self.n_samples or FREE_Z_SAMPLES
+        return (self.n_samples or 1) if self.temperature > 0 else 1
+
+    def protocols(self) -> tuple[str, ...]:
+        other = [p for p in ("posterior", "prior") if p != self.z_protocol]
+        return (self.z_protocol, *other) if self.compare_protocols else (self.z_protocol,)
+
+    def token_sampling(self) -> str:
+        return "greedy" if self.temperature == 0 else f"temperature {self.temperature}"
 
 
 def expand_suites(spec: str) -> list[str]:
@@ -71,21 +104,26 @@ def model_record(model_dir: Path | None) -> dict:
 
 
 def _same_settings(old: dict, new: dict) -> bool:
-    keys = ("limit", "protocol", "seed", "data")
+    keys = ("limit", "protocol", "seed", "fewshot_seed", "data")
     return all(old.get(k) == new.get(k) for k in keys) and \
         old["model"].get("weights_sha256") == new["model"].get("weights_sha256")
 
 
-def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings) -> dict:
-    """Run one lm-eval task; metrics (value, stderr) per result row, per-item outcomes."""
+def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings,
+                   keep_samples: bool = False) -> dict:
+    """Run one lm-eval task; metrics (value, stderr) per result row, per-item outcomes
+    (and, with keep_samples, lm-eval's logged samples under "_samples")."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+    # Every lm-eval seed follows the few-shot seed: `--seed` redraws Z only, so replicas
+    # see the very same prompts.
     res = lm_eval.simple_evaluate(
         model=lm, tasks=[task], task_manager=tm, num_fewshot=LM_EVAL_TASKS[task].num_fewshot,
-        limit=s.limit, log_samples=True, bootstrap_iters=1000, random_seed=s.seed,
-        numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed)
+        limit=s.limit, log_samples=True, bootstrap_iters=1000, random_seed=s.fewshot_seed,
+        numpy_random_seed=s.fewshot_seed, torch_random_seed=s.fewshot_seed,
+        fewshot_random_seed=s.fewshot_seed)
     if res is None:  # not rank 0: lm-eval gathered this rank's outcomes on rank 0
         return None
     metrics, per_item = {}, {}
@@ -106,8 +144,63 @@ def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings) -> dict:
                 per_item.setdefault(name, {})[str(sample["doc_id"])] = float(sample[metric])
     versions = res.get("versions", {})
     n = sum(v.get("effective", 0) for v in res.get("n-samples", {}).values())
-    return {"metrics": metrics, "per_item": per_item, "n_items": int(n),
-            "task_version": str(versions.get(task, "")), "harness": f"lm-eval {lm_eval.__version__}"}
+    body = {"metrics": metrics, "per_item": per_item, "n_items": int(n),
+            "task_version": str(versions.get(task, "")),
+            "harness": f"lm-eval {lm_eval.__version__}"}
+    if keep_samples:
+        body["_samples"] = res.get("samples", {})
+    return body
+
+
+def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str) -> dict | None:
+    """One lm-eval task with a Free arm's replicas: n sample passes for a generative task;
+    for a log-likelihood task the headline protocol, then every other protocol replayed
+    from the same scores, and the per-draw spread. A baseline gets one pass."""
+    from ftbench.evaluation.replicas import draw_spread, merge_sample_passes
+
+    if arch == "oracle":
+        return lm_eval_result(lm, task, task_dir, s)
+    if LM_EVAL_TASKS[task].generative:
+        lm.gen_stats = {"new_tokens": 0, "seconds": 0.0}
+        passes = []
+        for i in range(lm.z_samples):
+            lm.sample_index = i
+            passes.append(lm_eval_result(lm, task, task_dir, s))
+        lm.sample_index = 0
+        if passes[0] is None:  # not rank 0
+            return None
+        body = passes[0] if len(passes) == 1 else merge_sample_passes(passes)
+        seconds = lm.gen_stats["seconds"]
+        body["generation"] = {"new_tokens": lm.gen_stats["new_tokens"], "seconds": seconds,
+                              "tokens_per_s": (lm.gen_stats["new_tokens"] / seconds
+                                               if seconds > 0 else None),
+                              "batch_size": s.batch_size, "world_size": lm.world_size,
+                              "device": str(lm.device)}
+        return body
+    body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
+    if arch != "free":
+        return body
+    others = {}
+    for protocol in lm.protocols[1:]:
+        lm.replay = protocol
+        alt = lm_eval_result(lm, task, task_dir, s)
+        lm.replay = None
+        if alt is not None:
+            others[protocol] = {"metrics": alt["metrics"], "per_item": alt["per_item"],
+                                "n_items": alt["n_items"]}
+    # Under torchrun each rank holds the per-draw scores of its own share of the items.
+    scores = {}
+    for part in lm.gather_object(lm.scores_by_text):
+        scores.update(part or {})
+    if body is None:
+        return None
+    samples = body.pop("_samples")
+    per_draw, why = draw_spread(samples, scores, lm.headline, list(lm.protocols), lm.z.draws)
+    body["protocols"] = others
+    body["spread"] = ({"kind": "z_draws", "n": lm.z.draws, "metric": "acc,none",
+                       "protocols": per_draw} if per_draw is not None else
+                      {"kind": "z_draws", "n": lm.z.draws, "unavailable": why})
+    return body
 
 
 def code_data_fingerprint(mirror: Path | None, task: str, cache: Path) -> dict:
@@ -130,7 +223,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         rows = ep.oracle_samples(problems)
         n = 1
     else:
-        n = s.n_samples
+        n = lm.z_samples
         rows = ep.generate_samples(lm, task, problems, n, s.temperature, s.max_gen_toks * 2,
                                    s.batch_size, s.seed)
         if rows is None:  # not rank 0: its samples went to rank 0, which scores them
@@ -148,10 +241,11 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,
                               out.with_suffix(".sandbox.json"), cache, s.sandbox_parallel)
-    metrics, per_item = ep.summarise(scored, n)
+    metrics, per_item, spread = ep.summarise(scored, n)
     import evalplus
 
     return {"metrics": metrics, "per_item": per_item, "n_items": len(problems),
+            **({"spread": spread} if spread else {}),
             "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",
             "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"],
             "generation": generation}
@@ -187,15 +281,16 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
         record = model_record(model_dir)
         lm = None
         for task in tasks:
-            out = result_path(results_root, record, task, s.seed)
-            protocol = _protocol(model_dir, s)
+            out = result_path(results_root, record, task, s.seed, s.fewshot_seed)
+            protocol = _protocol(model_dir, s, task)
             data = main_first(mctx, lambda: data_fingerprint(mirror, task)
                               if task in LM_EVAL_TASKS else
                               code_data_fingerprint(mirror, task, cache))
             # Rank 0 decides, so every rank skips the same tasks even without shared storage.
             done = main_first(mctx, lambda: _finished(out, {
-                "limit": s.limit, "protocol": protocol, "seed": s.seed, "data": data,
-                "model": record}), others_run=False)
+                "limit": s.limit, "protocol": protocol, "seed": s.seed,
+                "fewshot_seed": s.fewshot_seed, "data": data, "model": record}),
+                others_run=False)
             if done:
                 say(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
                 written.append(out)
@@ -207,13 +302,14 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
             if task in LM_EVAL_TASKS:
                 if task_dir is None:
                     task_dir = main_first(mctx, lambda: build_task_dir(cache, mirror))
-                body = lm_eval_result(lm, task, task_dir, s)
+                body = lm_eval_replicated(lm, task, task_dir, s, record["arch"])
             else:
                 body = evalplus_result(lm, task, mirror, cache, out, s)
             if mctx.is_main:
                 result = {"schema_version": SCHEMA_VERSION, "task": task,
                           "suite": suite_of(task), **body, "limit": s.limit, "data": data,
                           "model": record, "protocol": protocol, "seed": s.seed,
+                          "fewshot_seed": s.fewshot_seed,
                           "versions": library_versions(), "git": git_state(),
                           "wall_s": time.perf_counter() - t0, "created": now_iso(),
                           "world_size": mctx.world}
@@ -227,11 +323,16 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
     return written
 
 
-def result_path(results_root: Path, record: dict, task: str, seed: int) -> Path:
+def result_path(results_root: Path, record: dict, task: str, seed: int,
+                fewshot_seed: int = 0) -> Path:
     """Seed 0 is the arm's main result; other seeds are replicas kept beside it (the
-    report shows their spread: Z draws for Free arms, sampling for code)."""
+    report shows their spread: Z draws for Free arms, sampling for code); another
+    few-shot seed is a replica of its own."""
     arm_dir = results_root / record["run"] / record["arm"]
-    return (arm_dir if seed == 0 else arm_dir / f"seed{seed}") / f"{task}.json"
+    if seed == 0 and fewshot_seed == 0:
+        return arm_dir / f"{task}.json"
+    name = f"seed{seed}" + (f"-fewshot{fewshot_seed}" if fewshot_seed else "")
+    return arm_dir / name / f"{task}.json"
 
 
 def _finished(out: Path, settings: dict) -> bool:
@@ -265,15 +366,26 @@ def main_first(ctx: DistContext, fn: Callable[[], T], others_run: bool = True) -
     return fn() if others_run and not ctx.is_main else value
 
 
-def _protocol(model_dir: Path | None, s: EvalSettings) -> dict:
+def _protocol(model_dir: Path | None, s: EvalSettings, task: str) -> dict:
+    """What the result's numbers mean: recorded with it, compared when resuming."""
     if model_dir is None:
         return {"arch": "oracle"}
     import json
 
     arch = json.loads((model_dir / "config.json").read_text())["arch"]
+    generative = task not in LM_EVAL_TASKS or LM_EVAL_TASKS[task].generative
     if arch != "free":
-        return {"arch": arch}
-    return {"arch": "free", "z_protocol": s.z_protocol, "z_draws": s.z_draws, "z_seed": s.seed}
+        if not generative:
+            return {"arch": arch}
+        return {"arch": arch, "n_samples": s.samples(arch), "token_sampling": s.token_sampling()}
+    if generative:
+        # "posterior": Z prefilled from the encoder over the prompt, prior Z for new tokens
+        # (the paper's generation semantics).
+        return {"arch": "free", "z_protocol": s.z_protocol, "z_samples": s.samples(arch),
+                "z_seed": s.seed, "token_sampling": s.token_sampling(),
+                "estimator": GEN_ESTIMATOR}
+    return {"arch": "free", "z_protocol": s.z_protocol, "z_draws": s.draws(arch),
+            "z_seed": s.seed, "protocols": list(s.protocols()), "estimator": LL_ESTIMATOR}
 
 
 def _make_lm(model_dir: Path | None, s: EvalSettings, ctx: DistContext):
@@ -281,7 +393,12 @@ def _make_lm(model_dir: Path | None, s: EvalSettings, ctx: DistContext):
         from ftbench.evaluation.oracle import OracleLM
 
         return OracleLM()
+    import json
+
     from ftbench.evaluation.lm_eval_adapter import FtbenchLM
 
+    arch = json.loads((model_dir / "config.json").read_text())["arch"]
     return FtbenchLM(path=str(model_dir), batch_size=s.batch_size, z_protocol=s.z_protocol,
-                     z_draws=s.z_draws, z_seed=s.seed, max_gen_toks=s.max_gen_toks, ctx=ctx)
+                     z_draws=s.draws(arch), z_seed=s.seed, protocols=s.protocols(),
+                     z_samples=s.samples(arch), temperature=s.temperature,
+                     max_gen_toks=s.max_gen_toks, ctx=ctx)

@@ -71,14 +71,15 @@ def context_key(ctx: Sequence[int]) -> bytes:
     return hashlib.sha256(b",".join(str(int(t)).encode() for t in ctx)).digest()
 
 
-def _generator(seed: int, key: bytes, draw: int, what: str) -> torch.Generator:
+def stream_generator(seed: int, key: bytes, draw: int, what: str) -> torch.Generator:
+    """A generator seeded by (seed, draw or sample index, content key, purpose)."""
     h = hashlib.sha256(f"{seed}/{draw}/{what}/".encode() + key).digest()
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") >> 1)
 
 
 def context_uniforms(key: bytes, n_ctx: int, n_bits: int, seed: int, draw: int) -> torch.Tensor:
     """U(0,1) draws (n_ctx, H) that turn the encoder's bit logits into posterior codes."""
-    return torch.rand(n_ctx, n_bits, generator=_generator(seed, key, draw, "ctx-posterior"))
+    return torch.rand(n_ctx, n_bits, generator=stream_generator(seed, key, draw, "ctx-posterior"))
 
 
 def context_codes(latent_TH: torch.Tensor | None, key: bytes, n_ctx: int, n_bits: int,
@@ -87,7 +88,7 @@ def context_codes(latent_TH: torch.Tensor | None, key: bytes, n_ctx: int, n_bits
     logits `latent_TH` (which saw the context only), or uniform ones when it is None."""
     if latent_TH is None:
         return torch.randint(0, 2**n_bits, (n_ctx,),
-                             generator=_generator(seed, key, draw, "ctx-prior"))
+                             generator=stream_generator(seed, key, draw, "ctx-prior"))
     u_TH = context_uniforms(key, n_ctx, n_bits, seed, draw)
     return sample_codes(latent_TH.detach().float().cpu(), uniform_NH=u_TH)
 

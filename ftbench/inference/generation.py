@@ -9,6 +9,10 @@ posterior for every prompt position; each new token gets a fresh uniform Z. Cach
 positions are never resampled, every row draws its own Z, and Z comes from its own
 generator, apart from the token sampler. `z_protocol="prior"` uses uniform Z for the
 prompt too; `shared_z_BS` imposes one Z sequence per row (for shared-Z studies).
+
+`z_streams` (and `token_streams`) give each row a generator of its own: a row's Z (and
+sampled tokens) then depend only on its stream, never on which rows share its batch, so
+an evaluator can seed each (prompt, sample) and batch them freely.
 """
 
 from __future__ import annotations
@@ -85,6 +89,40 @@ def sample_next(logits_BV: torch.Tensor, cfg: SamplingConfig,
     return choice.squeeze(-1).to(logits_BV.device)
 
 
+def sample_next_per_row(logits_BV: torch.Tensor, cfg: SamplingConfig,
+                        streams: Sequence[torch.Generator]) -> torch.Tensor:
+    if cfg.temperature == 0:
+        return logits_BV.argmax(-1)
+    return torch.cat([sample_next(logits_BV[b:b + 1], cfg, g) for b, g in enumerate(streams)])
+
+
+def _row_stream_codes(model, valid_BP: torch.Tensor, protocol: ZProtocol, max_new: int,
+                      streams: Sequence[torch.Generator]) -> tuple[dict, torch.Tensor]:
+    """Prefill latent kwargs and the decode codes (B, max_new), each row from its own
+    stream: first the prompt's draws (posterior uniforms or prior codes), then one code per
+    new token."""
+    B, P = valid_BP.shape
+    H = model.cfg.latent_bits
+    device = valid_BP.device
+    u_BPH = torch.zeros(B, P, H)
+    z_BP = torch.zeros(B, P, dtype=torch.long)
+    decode_BN = torch.empty(B, max_new, dtype=torch.long)
+    for b, g in enumerate(streams):
+        n = int(valid_BP[b].sum())
+        if protocol == "posterior":
+            u_BPH[b, P - n:] = torch.rand(n, H, generator=g)
+        else:
+            z_BP[b, P - n:] = torch.randint(0, 2**H, (n,), generator=g)
+        decode_BN[b] = torch.randint(0, 2**H, (max_new,), generator=g)
+    if protocol == "posterior":
+        # Pad slots get prior codes from a fixed generator: they are never attended to.
+        kw = {"latent": "posterior", "z_uniform_BTH": u_BPH.to(device),
+              "z_generator": torch.Generator().manual_seed(0)}
+    else:
+        kw = {"latent": "fixed", "z_BT": z_BP.to(device)}
+    return kw, decode_BN.to(device)
+
+
 def _latent_kwargs(model, phase: str, protocol: ZProtocol, z_slice, z_generator) -> dict:
     if model.arch != "free":
         return {}
@@ -100,22 +138,44 @@ def generate(model: BaselineDecoder, prompts: Sequence[Sequence[int]], cfg: Samp
              z_generator: torch.Generator | None = None, z_protocol: ZProtocol = "posterior",
              shared_z_BS: torch.Tensor | None = None,
              return_logits: bool = False, stop_strings: Sequence[str] = (),
-             decode: Callable[[list[int]], str] | None = None) -> GenerationOutput:
+             decode: Callable[[list[int]], str] | None = None,
+             z_streams: Sequence[torch.Generator] | None = None,
+             token_streams: Sequence[torch.Generator] | None = None,
+             amp: str | None = None) -> GenerationOutput:
     """Generate up to cfg.max_new_tokens per prompt. A row ends at a stop token, or, when
     `stop_strings` and `decode` are given, as soon as its decoded text contains one of
-    them (the caller cuts the text there)."""
+    them (the caller cuts the text there). `amp="auto"` runs under bf16 autocast on CUDA."""
+    from ftbench.evaluation.scoring import autocast_for
+
     device = next(model.parameters()).device
+    with autocast_for(device, amp):
+        return _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_protocol,
+                         shared_z_BS, return_logits, stop_strings, decode, z_streams,
+                         token_streams, device)
+
+
+def _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_protocol,
+              shared_z_BS, return_logits, stop_strings, decode, z_streams, token_streams,
+              device) -> GenerationOutput:
     tokens_BP, valid_BP, positions_BP = left_pad(prompts, pad_id, device)
     B, P = tokens_BP.shape
     total = P + cfg.max_new_tokens
     if shared_z_BS is not None and shared_z_BS.shape != (B, total):
         raise ValueError(f"shared_z_BS must have shape {(B, total)} (prompt slots + new tokens)")
+    for name, streams in (("z_streams", z_streams), ("token_streams", token_streams)):
+        if streams is not None and len(streams) != B:
+            raise ValueError(f"{name}: one generator per prompt ({B}), got {len(streams)}")
     cache = model.new_cache(B, total)
     z_slot = (lambda s, e: shared_z_BS[:, s:e].to(device)) if shared_z_BS is not None \
         else (lambda s, e: None)
+    prefill_kw = _latent_kwargs(model, "prefill", z_protocol, z_slot(0, P), z_generator)
+    if z_streams is not None and shared_z_BS is None and model.arch == "free":
+        prefill_kw, decode_BN = _row_stream_codes(model, valid_BP, z_protocol,
+                                                  cfg.max_new_tokens, z_streams)
+        z_slot = lambda s, e: decode_BN[:, s - P:e - P]  # noqa: E731 - decode slots only
 
     out = model(tokens_BP, positions_BT=positions_BP, valid_BT=valid_BP, cache=cache,
-                **_latent_kwargs(model, "prefill", z_protocol, z_slot(0, P), z_generator))
+                **prefill_kw)
     z_parts = [out.z_BT] if out.z_BT is not None else []
     logits_BV = out.logits_BTV[:, -1]
     next_pos_B = positions_BP[:, -1] + 1
@@ -126,7 +186,8 @@ def generate(model: BaselineDecoder, prompts: Sequence[Sequence[int]], cfg: Samp
     for step in range(cfg.max_new_tokens):
         if return_logits:
             step_logits.append(logits_BV.cpu())
-        tok_B = sample_next(logits_BV, cfg, token_generator)
+        tok_B = (sample_next_per_row(logits_BV, cfg, token_streams) if token_streams is not None
+                 else sample_next(logits_BV, cfg, token_generator))
         tok_B = torch.where(done_B, torch.full_like(tok_B, pad_id), tok_B)
         new_tokens = torch.cat((new_tokens, tok_B[:, None]), dim=1)
         if len(stop_ids):

@@ -5,6 +5,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
 from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+from ftbench.evaluation.scoring import context_key, score_requests, stream_generator
+from ftbench.inference.generation import SamplingConfig, generate
 from ftbench.training.distributed import DistContext
 from ftbench.training.pair import run_dir, train_pair
 from tests.training.helpers import tiny_pair_config
@@ -66,11 +68,55 @@ def test_generate_until_stops_at_the_stop_string(pair_dir, arm):
 
 
 def test_free_protocol_is_recorded(pair_dir):
-    lm = FtbenchLM(path=str(pair_dir / "free-k0p5"), z_draws=4, z_seed=7)
+    lm = FtbenchLM(path=str(pair_dir / "free-k0p5"), z_draws=4, z_seed=7, z_samples=3)
     assert lm.protocol_record() == {"arch": "free", "z_protocol": "posterior", "z_draws": 4,
-                                    "z_seed": 7}
+                                    "z_seed": 7, "protocols": ["posterior"], "z_samples": 3}
     (lp, _), = lm.loglikelihood([_ll(("Q>____", "QQQQ"))], disable_tqdm=True)
     assert lp < 0
+
+
+def test_other_protocol_is_replayed_from_the_same_pass(pair_dir, monkeypatch):
+    lm = FtbenchLM(path=str(pair_dir / "free-k0p5"), z_draws=3, z_seed=2,
+                   protocols="posterior,prior")
+    reqs = [("Q>____", "QQQQ"), ("Q>____", "____"), ("B>", "__!_")]
+    head = lm.loglikelihood([_ll(r) for r in reqs], disable_tqdm=True)
+    import ftbench.evaluation.lm_eval_adapter as adapter
+
+    def no_rescoring(*a, **k):
+        raise AssertionError("replay must not score again")
+    monkeypatch.setattr(adapter, "score_requests", no_rescoring)
+    lm.replay = "prior"
+    replayed = lm.loglikelihood([_ll(r) for r in reqs], disable_tqdm=True)
+    monkeypatch.undo()
+    pairs = [(lm.tok_encode(c), lm.tok_encode(t)) for c, t in reqs]
+    for protocol, got in (("posterior", head), ("prior", replayed)):
+        ref = score_requests(lm.model, pairs, protocols=(protocol,), draws=3, seed=2)[protocol]
+        assert [lp for lp, _ in got] == [s.logp for s in ref]
+    assert all(len(lm.scores_by_text[r]["prior"].draws) == 3 for r in reqs)
+
+
+def test_generation_samples_have_their_own_z_streams(pair_dir):
+    lm = FtbenchLM(path=str(pair_dir / "free-k0p5"), z_samples=3, z_seed=4, max_gen_toks=12)
+    reqs = [Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=(p, {"until": ["\n"], "max_gen_toks": 12}))
+            for p in ("M>", "K>__", "M>")]
+    per_pass = []
+    for i in range(3):
+        lm.sample_index = i
+        per_pass.append(lm.generate_until(reqs, disable_tqdm=True))
+    assert all(p[0] == p[2] for p in per_pass)  # a request's samples depend on its content
+    # Sample i equals a lone generation seeded by (seed, i, prompt): no batch dependence.
+    ids = lm.tok_encode("K>__")
+    for i in range(3):
+        key = context_key(ids)
+        out = generate(lm.model, [ids], SamplingConfig(max_new_tokens=12,
+                                                       stop_token_ids=(lm.eot_token_id,)),
+                       pad_id=lm.tokenizer.pad_id,
+                       z_streams=[stream_generator(4, key, i, "gen-z")],
+                       token_streams=[stream_generator(4, key, i, "gen-tokens")],
+                       stop_strings=["\n"], decode=lm.tok_decode)
+        toks = out.tokens[0][:-1] if out.tokens[0][-1:] == [lm.eot_token_id] else out.tokens[0]
+        assert per_pass[i][1] == lm.tok_decode(toks).split("\n")[0]
 
 
 def test_rolling_windows_cover_texts_longer_than_the_context(pair_dir):

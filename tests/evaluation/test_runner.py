@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from ftbench.cli import app
 from ftbench.evaluation.results import ResultsError, read_result, write_result
-from ftbench.evaluation.runner import (EvalError, EvalSettings, evaluate_models, expand_suites,
-                                       lm_eval_result)
+from ftbench.evaluation.runner import (GEN_ESTIMATOR, LL_ESTIMATOR, EvalError, EvalSettings,
+                                       evaluate_models, expand_suites, lm_eval_result)
 from ftbench.evaluation.lm_eval_tasks import build_task_dir
 from ftbench.training.distributed import DistContext
 from ftbench.training.pair import run_dir, train_pair
@@ -74,7 +74,7 @@ def test_gsm8k_extraction_matches_lm_eval_rules(data_dir, eval_cache):
 
 
 def test_results_schema_round_trip_and_corruption(tmp_path):
-    good = {"schema_version": 1, "task": "gsm8k", "suite": "math", "harness": "lm-eval",
+    good = {"schema_version": 2, "task": "gsm8k", "suite": "math", "harness": "lm-eval",
             "metrics": {"exact_match,strict-match": {"value": 0.5, "stderr": 0.1}},
             "per_item": {}, "n_items": 2, "limit": None, "data": {}, "model": {},
             "protocol": {}, "seed": 0, "versions": {}, "git": {}, "wall_s": 1.0,
@@ -96,10 +96,11 @@ def toy_pair_dir(tmp_path_factory):
     return run_dir(cfg)
 
 
-def test_eval_cli_runs_a_pair_and_resumes(toy_pair_dir, tmp_path, data_dir):
+def test_eval_cli_runs_a_pair_with_the_default_protocol_and_resumes(toy_pair_dir, tmp_path,
+                                                                     data_dir):
     arms = [str(toy_pair_dir / "baseline"), str(toy_pair_dir / "free-k0p5")]
     args = ["eval", *arms, "--suite", "math,commonsense_qa", "--limit", "2", "--data-dir",
-            str(data_dir), "--results", str(tmp_path), "--z-draws", "2"]
+            str(data_dir), "--results", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "WARNING: --limit 2" in result.output
@@ -108,11 +109,55 @@ def test_eval_cli_runs_a_pair_and_resumes(toy_pair_dir, tmp_path, data_dir):
         for task in ("gsm8k", "commonsense_qa"):
             r = read_result(tmp_path / run / arm / f"{task}.json")
             assert r["model"]["arm"] == arm and r["limit"] == 2 and r["n_items"] == 2
-    free = read_result(tmp_path / run / "free-k0p5" / "commonsense_qa.json")
-    assert free["protocol"] == {"arch": "free", "z_protocol": "posterior", "z_draws": 2,
-                                "z_seed": 0}
+            assert r["schema_version"] == 2 and r["fewshot_seed"] == 0
+    # Free arms: K = 8 draws under both protocols (log-likelihood), n = 5 samples (generation).
+    csqa = read_result(tmp_path / run / "free-k0p5" / "commonsense_qa.json")
+    assert csqa["protocol"] == {"arch": "free", "z_protocol": "posterior", "z_draws": 8,
+                                "z_seed": 0, "protocols": ["posterior", "prior"],
+                                "estimator": LL_ESTIMATOR}
+    prior = csqa["protocols"]["prior"]
+    assert set(prior["per_item"]["acc,none"]) == set(csqa["per_item"]["acc,none"])
+    spread = csqa["spread"]
+    assert spread["kind"] == "z_draws" and spread["n"] == 8 and "unavailable" not in spread
+    for p in ("posterior", "prior"):
+        assert len(spread["protocols"][p]["values"]) == 8
+        assert all(v in (0.0, 0.5, 1.0) for v in spread["protocols"][p]["values"])
+    gsm = read_result(tmp_path / run / "free-k0p5" / "gsm8k.json")
+    assert gsm["protocol"] == {"arch": "free", "z_protocol": "posterior", "z_samples": 5,
+                               "z_seed": 0, "token_sampling": "greedy",
+                               "estimator": GEN_ESTIMATOR}
+    g = gsm["spread"]["metrics"]["exact_match,strict-match"]
+    assert gsm["spread"]["kind"] == "z_samples" and len(g["values"]) == 5
+    assert abs(g["mean"] - gsm["metrics"]["exact_match,strict-match"]["value"]) < 1e-12
+    assert "exact_match_pass@5,strict-match" in gsm["metrics"]
+    assert gsm["generation"]["new_tokens"] > 0
+    base = read_result(tmp_path / run / "baseline" / "gsm8k.json")
+    assert base["protocol"] == {"arch": "baseline", "n_samples": 1, "token_sampling": "greedy"}
+    assert "spread" not in base
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and again.output.count("done already") == 4
+
+
+class PromptRecorder(ScriptedLM):
+    def __init__(self):
+        super().__init__({})
+        self.prompts = []
+
+    def generate_until(self, requests, disable_tqdm=False):
+        self.prompts += [r.args[0] for r in requests]
+        return ["#### 0" for _ in requests]
+
+
+def test_replicas_with_other_seeds_see_the_same_few_shot_prompts(data_dir, eval_cache):
+    task_dir = build_task_dir(eval_cache, data_dir)
+    seen = {}
+    for seed, fewshot in ((0, 0), (3, 0), (0, 1)):
+        lm = PromptRecorder()
+        lm_eval_result(lm, "gsm8k", task_dir, EvalSettings(limit=2, seed=seed,
+                                                           fewshot_seed=fewshot))
+        seen[(seed, fewshot)] = lm.prompts
+    assert seen[(0, 0)] == seen[(3, 0)]  # --seed redraws Z only
+    assert seen[(0, 0)] != seen[(0, 1)]  # --fewshot-seed changes the examples
 
 
 def test_eval_bad_input_is_clear_and_keeps_results(toy_pair_dir, tmp_path, data_dir):

@@ -113,3 +113,29 @@ def test_stop_tokens_end_rows_independently(toy_pair):
 def test_empty_prompt_is_a_clear_error(toy_pair):
     with pytest.raises(ValueError, match="at least one token"):
         generate(toy_pair[0], [[1], []], SamplingConfig(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("protocol", ["posterior", "prior"])
+def test_row_streams_make_each_row_independent_of_its_batch(toy_pair, protocol):
+    """Each (prompt, sample) seeded by its own streams generates the same alone or batched,
+    so an evaluator may batch samples freely; different streams give different Z."""
+    _, free = toy_pair
+    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0)
+
+    def streams(seeds):
+        return [z_gen(s) for s in seeds]
+    batched = generate(free, PROMPTS, cfg, z_protocol=protocol, z_streams=streams([1, 2, 3]),
+                       token_streams=streams([11, 12, 13]), return_logits=True)
+    P = batched.prompt_slots
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(free, [prompt], cfg, z_protocol=protocol, z_streams=streams([i + 1]),
+                         token_streams=streams([i + 11]), return_logits=True)
+        assert alone.tokens[0] == batched.tokens[i]
+        n = len(alone.tokens[0]) - 1 + len(prompt)
+        assert torch.equal(alone.z_BS[0, -n:], batched.z_BS[i, P - len(prompt):][:n])
+        for step, logits in enumerate(alone.step_logits):
+            torch.testing.assert_close(logits[0], batched.step_logits[step][i], rtol=0,
+                                       atol=1e-10)
+    other = generate(free, PROMPTS[:1], cfg, z_protocol=protocol, z_streams=streams([7]),
+                     token_streams=streams([11]))
+    assert not torch.equal(other.z_BS[0], batched.z_BS[0, P - len(PROMPTS[0]):][:other.z_BS.shape[1]])
