@@ -104,8 +104,10 @@ def train_pair(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Local data mirror laid out like shared/data (offline mode; "
                                  "default $FTBENCH_DATA_DIR, else online)."),
-    dry: bool = typer.Option(False, "--dry-run", help="Print the resolved config, parameters, "
-                             "FLOPs and memory estimate per arm; train nothing."),
+    dry: bool = typer.Option(False, "--dry-run", help="Print the resolved config, the data "
+                             "budget (tokens needed, planned or prepared, epochs, per source), "
+                             "parameters, FLOPs and memory per arm; train nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: machine-readable JSON."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 
@@ -113,8 +115,10 @@ def train_pair(
     an (L+1)-layer control) shares the tokenizer, the data order and the initial decoder
     weights. Outputs: models/<run>/<arm>/ (model.safetensors, config.json, tokenizer.json,
     metrics.jsonl). Running the same command again resumes from the newest complete
-    checkpoint. For several processes or GPUs launch with torchrun, e.g.
-    `torchrun --nproc_per_node=8 -m ftbench train-pair --size 1.5b`.
+    checkpoint. A run that would repeat its data more than data.max_epochs refuses to
+    start. Missing token shards are built first; for large corpora build them ahead with
+    `ftbench data prepare --workers N`. For several processes or GPUs launch with torchrun,
+    e.g. `torchrun --nproc_per_node=8 -m ftbench train-pair --size 1.5b`.
     """
     from ftbench.api import resolve_pair_config
 
@@ -124,13 +128,20 @@ def train_pair(
         _fail(str(e))
     if dry:
         from ftbench.config.loader import dump_pair_config
+        from ftbench.data.errors import DataError
         from ftbench.training.pair import dry_run
 
-        info = dry_run(cfg)
+        try:
+            info = dry_run(cfg)
+        except DataError as e:
+            _fail(str(e))
+        if as_json:
+            typer.echo(json.dumps(info, indent=2, default=str))
+            return
         typer.echo(dump_pair_config(cfg))
-        typer.echo(f"tokens per step {info['tokens_per_step']:,}, total "
-                   f"{info['total_tokens']:,} (vocab from the preset until the tokenizer is "
-                   "trained)")
+        _echo_budget(info["data"])
+        typer.echo(f"tokens per step {info['tokens_per_step']:,}; vocab {info['vocab_size']:,} "
+                   f"from {info['vocab_from']}")
         for name, a in info["arms"].items():
             typer.echo(f"  {name:18s} params {_human(a['params']):>8s}  train FLOPs/token "
                        f"{_human(a['train_flops_per_token']):>8s}  weights+grads+AdamW "
@@ -139,6 +150,25 @@ def train_pair(
     from ftbench.api import run_train_pair
 
     run_train_pair(cfg, fail=_fail)
+
+
+def _echo_budget(d: dict) -> None:
+    prepared = d["tokens_prepared"]
+    typer.echo(f"data: tokens needed {d['tokens_needed']:,} (steps x batch x seq_len + 1); "
+               f"planned {d['tokens_planned']:,}; "
+               + (f"prepared {prepared:,}" if prepared is not None else "not prepared yet")
+               + f"; epochs {d['epochs']:.3f} (limit data.max_epochs={d['max_epochs']})")
+    for r in d["sources"]:
+        docs = (f"{r['docs']:,} docs" if "docs" in r else
+                f"~{r['docs_estimated']:,} docs (estimated)" if "docs_estimated" in r else
+                "docs: after `ftbench data prepare`")
+        avail = (f", {r['source_epochs']:.2f} of its stated {_human(r['tokens_available'])}"
+                 if "tokens_available" in r else "")
+        got = f", prepared {r['prepared_tokens']:,}" if "prepared_tokens" in r else ""
+        typer.echo(f"  {r['source']:48s} weight {r['weight']:<5g} quota "
+                   f"{_human(r['quota_tokens']):>7s} tokens{avail}{got}; {docs}")
+    for w in d["warnings"]:
+        typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -292,8 +322,10 @@ def report(
         typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
 
 
-from ftbench.repro.cli import repro_app  # noqa: E402  (after the commands it joins)
+from ftbench.data.cli import data_app  # noqa: E402  (after the commands they join)
+from ftbench.repro.cli import repro_app  # noqa: E402
 
+app.add_typer(data_app, name="data")
 app.add_typer(repro_app, name="repro")
 
 

@@ -9,7 +9,9 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["info"], ["presets"], ["train-pair"], ["export"], ["eval"],
-                                     ["report"], ["repro"], ["repro", "synthetic"]])
+                                     ["report"], ["repro"], ["repro", "synthetic"], ["data"],
+                                     ["data", "prepare"], ["data", "contamination"],
+                                     ["data", "verify"], ["data", "trace"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output
@@ -58,3 +60,49 @@ def test_train_pair_bad_input_exits_with_a_message(tmp_path):
     result = runner.invoke(app, ["train-pair", "--size", "toy", "--data-dir",
                                  str(tmp_path / "absent"), "--set", f"run.out_dir={tmp_path}"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_dry_run_plans_the_papers_token_budgets_without_repetition():
+    result = runner.invoke(app, ["train-pair", "--size", "1.5b", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output)["data"]
+    assert d["tokens_needed"] == 90_000 * 128 * 4096 + 1 == d["tokens_planned"]  # 47.2B
+    assert d["epochs"] <= 1.0 and not d["warnings"] and d["tokens_prepared"] is None
+    assert all(r.get("source_epochs", 0) < 1 for r in d["sources"])
+    result = runner.invoke(app, ["train-pair", "--config", "configs/8b-1t.yaml", "--dry-run",
+                                 "--json"])
+    d = json.loads(result.output)["data"]
+    assert d["tokens_planned"] >= 1e12 and d["epochs"] <= 1.0 and not d["warnings"]
+    result = runner.invoke(app, ["train-pair", "--size", "1.5b", "--dry-run"])
+    assert "tokens needed 47,185,920,001" in result.output and "epochs 1.000" in result.output
+
+
+def test_repetition_guard_stops_train_pair_before_anything_is_written(tmp_path):
+    result = runner.invoke(app, ["train-pair", "--size", "toy", "--set", f"run.out_dir={tmp_path}",
+                                 "--set", "data.train_tokens=100000"])
+    assert result.exit_code == 2, result.output
+    assert "3.07 epochs, over data.max_epochs=1.0" in result.output
+    assert "--set data.max_epochs=3.07" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_data_commands_prepare_verify_trace_and_measure_contamination(tmp_path, data_dir):
+    common = ["--size", "toy", "--data-dir", str(data_dir), "--set", f"run.out_dir={tmp_path}",
+              "--set", "run.steps=20", "--set", "data.tokenizer.train_chars=300000"]
+    result = runner.invoke(app, ["data", "prepare", *common, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "40,961 training tokens" in result.output  # 20 x 16 x 128 + 1
+    result = runner.invoke(app, ["data", "verify", *common])
+    assert result.exit_code == 0 and "match their recorded sizes and hashes" in result.output
+    result = runner.invoke(app, ["data", "trace", "40960", *common])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)) == {"source", "doc_id", "token_in_doc", "shard"}
+    result = runner.invoke(app, ["data", "contamination", *common])
+    assert result.exit_code == 0, result.output
+    assert "humanevalplus" in result.output and "/ 14,042" in result.output
+    dry = json.loads(runner.invoke(app, ["train-pair", "--dry-run", "--json", *common]).output)
+    assert dry["data"]["tokens_prepared"] == 40_961 and dry["vocab_size"] == 4096
+    assert sum(r["docs"] for r in dry["data"]["sources"]) > 6
+    result = runner.invoke(app, ["data", "verify", "--size", "toy", "--set",
+                                 f"run.out_dir={tmp_path / 'none'}"])
+    assert result.exit_code == 2 and "run `ftbench data prepare`" in result.output

@@ -67,9 +67,16 @@ def _coerce(value: Any, tp, where: str):
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 
 
+# Keys of earlier versions, with what replaced them.
+RENAMED = {"total_chars": "data budgets are in tokens now: use data.train_tokens (0 prepares "
+                          "exactly what the run consumes) instead of data.total_chars"}
+
+
 def _check_keys(cls, data: dict, where: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
+        if key in RENAMED and key not in names:
+            raise ConfigError(f"{where}.{key}: {RENAMED[key]}")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""

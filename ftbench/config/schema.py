@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ftbench.model.config import ConfigError, ModelConfig
 
-SOURCE_KINDS = ("jsonl", "text", "python_tree", "stdlib", "synthetic", "gsm8k", "hf")
+SOURCE_KINDS = ("jsonl", "parquet", "text", "python_tree", "stdlib", "synthetic", "gsm8k", "hf")
 TOKENIZER_KINDS = ("bpe", "char")
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -20,21 +20,33 @@ class SourceConfig:
     """One stream of the training mix."""
 
     kind: str = "jsonl"
-    """jsonl: .jsonl or .jsonl.gz with a text field; text: .txt files; python_tree: every
+    """jsonl: .jsonl or .jsonl.gz files (a file or a folder) with a text field; parquet:
+    .parquet files (a file or a folder) with a text column; text: .txt files; python_tree: every
     *.py under a folder; stdlib: the running interpreter's standard library; gsm8k: the
     GSM8K train split as 'Question: ...\\nAnswer: ...'; synthetic: the paper's toy task
     (section 8); hf: a Hugging Face dataset streamed online (see `hf_id`)."""
     path: str = ""
     """File or folder. Relative paths resolve against data.data_dir."""
     weight: float = 1.0
-    """Share of the training characters drawn from this source (weights are normalised)."""
+    """Share of the training tokens drawn from this source (weights are normalised)."""
     text_field: str = "text"
+    """The field (jsonl) or column (parquet, hf) that holds the text."""
     hf_id: str = ""
     """Dataset ID for kind=hf, e.g. 'HuggingFaceFW/fineweb-edu'."""
     hf_config: str = ""
     hf_split: str = "train"
+    hf_revision: str = ""
+    """A hub commit or tag, so that a rerun reads the same bytes (empty: the newest)."""
+    shuffle_buffer: int = 10_000
+    """kind=hf: documents held by the seeded shuffle buffer inside each file."""
     max_docs: int = 0
-    """Cap on documents read from this source (0: no cap)."""
+    """Cap on training documents taken from this source (0: no cap)."""
+    tokens_available: float = 0
+    """The source's size in tokens as its dataset card states it (0: unknown). Only for
+    planning: --dry-run shows the epochs over each source before anything is downloaded;
+    the builder counts the real tokens and stops with an error if a source runs out."""
+    docs_available: float = 0
+    """The source's document count from its dataset card (0: unknown); for --dry-run."""
 
 
 @dataclass
@@ -54,10 +66,17 @@ class DataConfig:
         default_factory=lambda: [SourceConfig(kind="synthetic")])
     data_dir: str = ""
     """Local mirror laid out like shared/data. Empty: $FTBENCH_DATA_DIR, else online."""
-    total_chars: int = 4_000_000
-    """Characters drawn from the mix (before the train/validation split)."""
+    train_tokens: int = 0
+    """Unique training tokens to prepare. 0: exactly what the run consumes
+    (run.steps x run.batch_size x seq_len, plus one), so no token is seen twice."""
+    max_epochs: float = 1.0
+    """Repetition guard: a run that would read its training tokens more often than this
+    refuses to start."""
     val_fraction: float = 0.01
     """Share of documents held out for validation, chosen by a hash of their id."""
+    unit_mb: float = 16.0
+    """Size of one unit of work of the builder (a slice of a source read and tokenised as
+    a whole): bounds each worker's memory and sets the granularity of the seeded sample."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     seq_len: int = 256
 
@@ -124,13 +143,20 @@ class PairConfig:
                                   f"{', '.join(SOURCE_KINDS)}")
             if src.weight <= 0:
                 raise ConfigError(f"{where}.weight: must be > 0, got {src.weight}")
-            if src.kind in ("jsonl", "text", "python_tree") and not src.path:
+            if src.kind in ("jsonl", "parquet", "text", "python_tree") and not src.path:
                 raise ConfigError(f"{where}.path: a {src.kind} source needs a path")
             if src.kind == "hf" and not src.hf_id:
                 raise ConfigError(f"{where}.hf_id: a hf source needs a dataset ID")
         if d.tokenizer.kind not in TOKENIZER_KINDS:
             raise ConfigError(f"data.tokenizer.kind: {d.tokenizer.kind!r} is not one of "
                               f"{', '.join(TOKENIZER_KINDS)}")
+        if d.train_tokens < 0:
+            raise ConfigError(f"data.train_tokens: must be >= 0 (0: what the run consumes), "
+                              f"got {d.train_tokens}")
+        if not d.max_epochs > 0:
+            raise ConfigError(f"data.max_epochs: must be > 0, got {d.max_epochs}")
+        if not d.unit_mb > 0:
+            raise ConfigError(f"data.unit_mb: must be > 0, got {d.unit_mb}")
         if not 0 <= d.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction: must be in [0, 0.5), got {d.val_fraction}")
         if d.seq_len < 2 or d.seq_len > self.model.max_seq_len:

@@ -1,47 +1,189 @@
-"""Token shards: each split tokenised once, stored as a flat memory-mapped array with an
-end-of-text token after every document, and reused by every arm and every resume."""
+"""Token shards on disk and the flat token stream that training reads through them.
+
+Each unit of work (see ftbench.data.units) becomes one part: `<unit>.train.bin` and
+`<unit>.val.bin` (tokens, an end-of-text token after every document) and `<unit>.json`
+(token counts, the document table, hashes), written last so its presence marks the part
+complete. `index.json` lists, in a fixed order, the parts a run uses and how many tokens
+of each; it is written last of all. Readers memory-map the shards: no shard is loaded
+whole, and the training corpus may be far larger than memory.
+"""
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ftbench.data.errors import DataError
-from ftbench.data.sources import Document
-from ftbench.data.tokenizer import Tokenizer
+
+INDEX = "index.json"
+INDEX_VERSION = 2
 
 
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def write_shard(path: Path, docs: list[Document], tok: Tokenizer, batch: int = 256) -> int:
-    dtype = token_dtype(tok.vocab_size)
-    tmp = path.with_suffix(".tmp")
-    n = 0
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        for s in range(0, len(docs), batch):
-            ids = tok.encode_batch([d.text for d in docs[s:s + batch]])
-            for row in ids:
-                arr = np.asarray(row + [tok.eot_id], dtype=dtype)
-                f.write(arr.tobytes())
-                n += len(arr)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-    return n
 
 
-def open_shard(path: Path, vocab_size: int) -> np.memmap:
+def write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Appends token arrays to `<path>.tmp`, hashing as it goes; `close()` renames it."""
+
+    def __init__(self, path: Path, dtype):
+        self.path, self.dtype = path, dtype
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.f = open(self.tmp, "wb")
+        self.h = hashlib.sha256()
+        self.tokens = 0
+
+    def append(self, ids: np.ndarray) -> None:
+        data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
+        self.f.write(data)
+        self.h.update(data)
+        self.tokens += len(ids)
+
+    def close(self) -> dict:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        self.tmp.replace(self.path)
+        return {"tokens": self.tokens, "bytes": self.path.stat().st_size,
+                "sha256": self.h.hexdigest()}
+
+
+@dataclass
+class Span:
+    """The first `tokens` tokens of one shard file, starting at global offset `start`."""
+
+    path: Path
+    tokens: int
+    start: int
+    array: np.ndarray
+
+
+class TokenStream:
+    """The concatenation of several shards, sliced like one flat array.
+
+    `stream[a:b]` copies only the tokens asked for, so a window that crosses a shard
+    boundary reads from two memory maps; len() is the total token count.
+    """
+
+    def __init__(self, spans: list[Span]):
+        self.spans = spans
+        self.starts = [s.start for s in spans]
+        self.total = spans[-1].start + spans[-1].tokens if spans else 0
+        self.dtype = spans[0].array.dtype if spans else np.uint16
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.total if key < 0 else 0)
+            if not 0 <= i < self.total:
+                raise IndexError(key)
+            s = self.spans[bisect.bisect_right(self.starts, i) - 1]
+            return s.array[i - s.start]
+        start, stop, step = key.indices(self.total)
+        if step != 1:
+            raise ValueError("TokenStream slices must be contiguous")
+        out, i = [], start
+        while i < stop:
+            s = self.spans[bisect.bisect_right(self.starts, i) - 1]
+            j = min(stop, s.start + s.tokens)
+            out.append(s.array[i - s.start:j - s.start])
+            i = j
+        if not out:
+            return np.empty(0, dtype=self.dtype)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def locate(self, i: int) -> tuple[Span, int]:
+        """The span holding global token i, and i's offset in that shard."""
+        s = self.spans[bisect.bisect_right(self.starts, i) - 1]
+        return s, i - s.start
+
+
+def open_stream(directory: Path, entries: list[dict], dtype) -> TokenStream:
+    """Memory-map the shards an index lists, checking each file's recorded size."""
+    spans, start = [], 0
+    for e in entries:
+        path = directory / e["path"]
+        if not path.is_file():
+            raise DataError(f"token shard {path} is missing; rerun `ftbench data prepare` "
+                            "(complete parts are kept) to rebuild it")
+        size = path.stat().st_size
+        if size != e["bytes"]:
+            raise DataError(f"token shard {path} is corrupt: {size} bytes, the index records "
+                            f"{e['bytes']}. Delete it and rerun `ftbench data prepare`: only "
+                            "the missing part is rebuilt")
+        if e["tokens"]:
+            arr = np.memmap(path, dtype=dtype, mode="r")
+            spans.append(Span(path, e["tokens"], start, arr))
+            start += e["tokens"]
+    return TokenStream(spans)
+
+
+def verify_shards(directory: Path, index: dict) -> list[str]:
+    """Every shard's size and sha256 against the index: the list of problems (empty: ok)."""
+    problems = []
+    for split in ("train", "val"):
+        for e in index[split]["shards"]:
+            path = directory / e["path"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != e["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, recorded {e['bytes']}")
+            elif file_sha256(path) != e["sha256"]:
+                problems.append(f"{path}: sha256 differs from the recorded one (corrupt bytes)")
+    return problems
+
+
+def load_index(directory: Path) -> dict | None:
+    path = directory / INDEX
     if not path.is_file():
-        raise DataError(f"token shard {path} is missing; delete its folder to rebuild it")
-    return np.memmap(path, dtype=token_dtype(vocab_size), mode="r")
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e.msg}); delete it and rerun `ftbench "
+                        "data prepare` (complete parts are kept)") from None
+    if index.get("version") != INDEX_VERSION:
+        raise DataError(f"{path} was written by another ftbench version (index version "
+                        f"{index.get('version')}, this one reads {INDEX_VERSION}); delete "
+                        f"{directory} to rebuild")
+    return index
 
 
-def write_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(path)
+def trace_token(directory: Path, index: dict, stream: TokenStream, i: int) -> dict:
+    """Where global training token i comes from: source, document id, offset in it."""
+    span, offset = stream.locate(i)
+    part = json.loads(span.path.with_name(span.path.name.replace(".train.bin", ".json"))
+                      .read_text())
+    starts = part["train_docs"]["starts"]
+    d = bisect.bisect_right(starts, offset) - 1
+    return {"source": part["source_label"], "doc_id": part["train_docs"]["ids"][d],
+            "token_in_doc": offset - starts[d], "shard": span.path.name}

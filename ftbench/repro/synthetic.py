@@ -54,7 +54,7 @@ FULL_SAMPLES = 512
 """Samples per arm and mode in the full experiment (64 groups of 8)."""
 CI_SAMPLES = 256
 CI_OVERRIDES = ("latent.kappas_bits=[0.125,1.0]", "model.latent_bits=2", "run.steps=1500",
-                "data.total_chars=2640000", "run.name=synthetic-ci")
+                "run.name=synthetic-ci")
 """The CI-sized check: the baseline, 1/8 bit (the paper's position claim) and 1 bit (where,
 at this scale, Z does fix the position: see README, "The synthetic experiment")."""
 

@@ -87,7 +87,7 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     n_windows = (len(val) - 1) // T
     if n_windows < 1:
         raise TrainingError("the validation split is shorter than one sequence; raise "
-                            "data.total_chars or data.val_fraction")
+                            "data.train_tokens or data.val_fraction")
     per_rank = max(1, cfg.run.batch_size // ctx.world)
     sums: dict[str, float] = {}
     count = 0

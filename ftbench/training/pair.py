@@ -12,7 +12,8 @@ import torch
 
 from ftbench.config.loader import dump_pair_config
 from ftbench.config.schema import PairConfig
-from ftbench.data.pipeline import prepare_data
+from ftbench.data.budget import check_repetition, planned_tokens
+from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
 from ftbench.training.checkpoint import CheckpointError
@@ -39,11 +40,18 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
 
 def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
     """Resolved config, per-arm parameters and FLOPs, a memory estimate; trains nothing."""
-    vocab = vocab_size or cfg.model.vocab_size
+    from ftbench.data.budget import plan_figures
+    from ftbench.data.pipeline import prepared_index
+
+    index = prepared_index(cfg)
+    vocab = vocab_size or (index["vocab_size"] if index else cfg.model.vocab_size)
     arms = pair_arms(cfg, vocab)
     tokens_per_step = cfg.run.batch_size * cfg.data.seq_len
     out = {"config": dataclasses.asdict(cfg), "tokens_per_step": tokens_per_step,
-           "total_tokens": tokens_per_step * cfg.run.steps, "arms": {}}
+           "total_tokens": tokens_per_step * cfg.run.steps, "vocab_size": vocab,
+           "vocab_from": "the prepared tokenizer" if index else "the preset (until the "
+                         "tokenizer is trained)",
+           "data": plan_figures(cfg, index), "arms": {}}
     for arm in arms:
         cost = model_cost(arm.model, arm.arch, cfg.data.seq_len)
         # fp32 weights + grads + two AdamW moments; activations are not included.
@@ -62,12 +70,15 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     """Train every arm not yet exported; return a summary per arm."""
     ctx = ctx or init_distributed()
     root = run_dir(cfg)
+    planned = planned_tokens(cfg)
+    check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=log)
+        data = prepare_for_run(cfg, log=log)
     barrier(ctx)
-    if not ctx.is_main:  # the cache is complete now; every rank memory-maps the same files
-        data = prepare_data(cfg.data, cfg.run.seed, root / "data", log=lambda m: None)
+    if not ctx.is_main:  # the build is complete now; every rank memory-maps the same files
+        data = open_prepared(data_directory(cfg.data, cfg.run.seed, planned, root / "data"))
+    check_repetition(cfg, data.meta["train"]["tokens"])
     arms = pair_arms(cfg, data.tokenizer.vocab_size)
     fingerprints = {arm.name: arm_fingerprint(cfg, arm, data.meta["key"]) for arm in arms}
     done = {arm.name: meta for arm in arms

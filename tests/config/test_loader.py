@@ -44,6 +44,14 @@ def test_missing_or_broken_file(tmp_path):
     bad.write_text("run: {steps: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pair_config(bad)
-    bad.write_text("data: {sources: [{kind: parquet, path: x}]}\n")
-    with pytest.raises(ConfigError, match=r"data.sources\[0\].kind: 'parquet'"):
+    bad.write_text("data: {sources: [{kind: arrow, path: x}]}\n")
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].kind: 'arrow'"):
         load_pair_config(bad)
+
+
+def test_character_budget_of_earlier_versions_points_to_tokens(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data: {total_chars: 3000000}\n")
+    with pytest.raises(ConfigError, match="data.total_chars: data budgets are in tokens now: "
+                                          "use data.train_tokens"):
+        load_pair_config(old)

@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from ftbench.config import load_pair_config
 from ftbench.config.schema import DataConfig, SourceConfig, TokenizerConfig
 from ftbench.data.errors import DataError
-from ftbench.data.mix import build_mix
 from ftbench.data.pipeline import prepare_data
 from ftbench.data.sampler import BatchSampler
+
+
+def quiet(_):
+    pass
 
 
 def test_sampler_is_seekable_and_ranks_partition_the_batch():
@@ -26,53 +28,41 @@ def test_sampler_is_seekable_and_ranks_partition_the_batch():
         BatchSampler(tokens[:10], seq_len=16, batch_size=1, seed=0)
 
 
-def test_mix_respects_weights_and_holds_out_by_id(data_dir):
-    cfg = load_pair_config("configs/toy.yaml").data
-    cfg.total_chars = 400_000
-    mix = build_mix(cfg, data_dir, seed=0)
-    total = sum(mix.chars_by_source.values())
-    assert abs(total - 400_000) < 5_000
-    for (label, chars), src in zip(mix.chars_by_source.items(), cfg.sources):
-        assert abs(chars / 400_000 - src.weight / sum(s.weight for s in cfg.sources)) < 0.02, label
-    train_ids = {d.id for d in mix.train}
-    assert not train_ids & {d.id for d in mix.val}
-    assert any(d.text.startswith("Question: ") for d in mix.train)  # GSM8K train as Q/A
-
-
 def test_evaluation_splits_never_enter_training(data_dir, tmp_path):
     cfg = DataConfig(sources=[SourceConfig(kind="jsonl", path="gsm8k/test.jsonl",
                                            text_field="question")], data_dir=str(data_dir))
     with pytest.raises(DataError, match="evaluation data"):
-        prepare_data(cfg, 0, tmp_path)
+        prepare_data(cfg, 0, tmp_path, 1000, log=quiet)
 
 
 def test_missing_path_and_bad_field_are_clear(data_dir, tmp_path):
     cfg = DataConfig(sources=[SourceConfig(kind="jsonl", path="corpus/nope.jsonl.gz")],
                      data_dir=str(data_dir))
     with pytest.raises(DataError, match="nope.jsonl.gz does not exist"):
-        prepare_data(cfg, 0, tmp_path)
+        prepare_data(cfg, 0, tmp_path, 1000, log=quiet)
     cfg.sources[0] = SourceConfig(kind="jsonl", path="corpus/tinyshakespeare.jsonl.gz",
                                   text_field="body")
     with pytest.raises(DataError, match="no field 'body'"):
-        prepare_data(cfg, 0, tmp_path)
+        prepare_data(cfg, 0, tmp_path, 1000, log=quiet)
     with pytest.raises(DataError, match="does not exist"):
-        prepare_data(DataConfig(data_dir=str(tmp_path / "absent")), 0, tmp_path)
+        prepare_data(DataConfig(data_dir=str(tmp_path / "absent")), 0, tmp_path, 1000)
 
 
 def test_online_hf_source_refused_offline(data_dir, tmp_path):
     cfg = DataConfig(sources=[SourceConfig(kind="hf", hf_id="roneneldan/TinyStories")],
                      data_dir=str(data_dir))
     with pytest.raises(DataError, match="offline"):
-        prepare_data(cfg, 0, tmp_path)
+        prepare_data(cfg, 0, tmp_path, 1000, log=quiet)
 
 
 def test_shards_are_built_once_and_reused(tmp_path):
-    cfg = DataConfig(sources=[SourceConfig(kind="synthetic")], total_chars=20_000,
+    cfg = DataConfig(sources=[SourceConfig(kind="synthetic")], train_tokens=20_100,
                      tokenizer=TokenizerConfig(kind="char"), seq_len=66)
-    first = prepare_data(cfg, 0, tmp_path, log=lambda m: None)
+    first = prepare_data(cfg, 0, tmp_path, log=quiet, progress=False)
     logs = []
     second = prepare_data(cfg, 0, tmp_path, log=logs.append)
-    assert not logs and np.array_equal(first.train, second.train)
+    assert not logs and np.array_equal(first.train[:], second.train[:])
+    assert len(first.train) == 20_100
     text = first.tokenizer.decode(first.train[:67].tolist())
     assert text[1] == ">" and text.endswith("<|endoftext|>")
 
@@ -82,4 +72,4 @@ def test_unreachable_hub_in_online_mode_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     cfg = DataConfig(sources=[SourceConfig(kind="hf", hf_id="roneneldan/TinyStories")])
     with pytest.raises(DataError, match="hub .* is unreachable.*--data-dir"):
-        prepare_data(cfg, 0, tmp_path)
+        prepare_data(cfg, 0, tmp_path, 1000, log=quiet)

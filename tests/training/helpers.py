@@ -8,7 +8,7 @@ def tiny_pair_config(out_dir, **run):
         "size": "toy",
         "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64,
                   "latent_bits": 4, "max_seq_len": 64},
-        "data": {"sources": [{"kind": "synthetic"}], "total_chars": 30_000, "seq_len": 32,
+        "data": {"sources": [{"kind": "synthetic"}], "train_tokens": 30_000, "seq_len": 32,
                  "tokenizer": {"kind": "char"}, "val_fraction": 0.05},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "latent": {"kappas_bits": [0.5]},
