@@ -1,19 +1,29 @@
-"""Evaluation speed: ftbench's adapter against the standard Hugging Face paths, same weights.
+"""Evaluation speed, same weights side by side in one run, rounds interleaved.
 
-One baseline (the "small" shape, random weights, or --model-dir) is exported to a
-transformers Llama folder; then, side by side in one run:
-- log-likelihood scoring tokens/s: FtbenchLM vs lm-eval's HFLM backend on the same
-  requests (and the largest difference between their log-likelihoods);
-- generation tokens/s: ftbench's KV-cache `generate` vs transformers' `generate` (greedy,
-  same prompts, the same number of new tokens).
-Needs `accelerate` (lm-eval's HF backend imports it): pip install accelerate.
+A baseline and a Free model of the "small" shape (V 8192, D 256, 8 layers, H 16; random
+weights sharing the decoder init) are built; the baseline is also exported to a
+transformers Llama folder. Two request shapes, as lm-eval sends them:
+- MMLU-shaped: items x 4 choices sharing a ~500-token context (a 5-shot prompt), each
+  continuation 1-3 tokens;
+- CSQA-shaped: items x 5 choices sharing a ~60-token context, continuations 1-4 tokens.
+Printed, per shape (median over rounds; each round times every contender once, in turn):
+- ftbench baseline requests/s / lm-eval HFLM requests/s (target >= 1.5x), and the largest
+  log-likelihood difference between them;
+- Free at K = 8 draws / baseline at K = 1, same requests, per Z protocol (target <= 5x);
+then generation tokens/s of ftbench's KV-cache `generate` against transformers' `generate`
+(greedy, same prompts and number of new tokens). Threads are pinned; the load average is
+printed before and after, since the machine may be shared.
 
-Usage: python benchmarks/bench_eval.py [--requests 64] [--ctx 192] [--cont 8] [--new 64]
+Needs `accelerate` (lm-eval's HF backend imports it).
+
+Usage: PYTHONPATH=. python benchmarks/bench_eval.py [--items 64] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,15 +31,32 @@ from pathlib import Path
 import torch
 
 
+def make_items(n_items: int, n_choices: int, ctx_len: int, cont_lens: tuple[int, int], V: int,
+               seed: int) -> list[tuple[list[int], list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for _ in range(n_items):
+        n_ctx = ctx_len + int(torch.randint(-ctx_len // 10, ctx_len // 10 + 1, (1,), generator=g))
+        ctx = torch.randint(1, V, (n_ctx,), generator=g).tolist()
+        for _ in range(n_choices):
+            n = int(torch.randint(cont_lens[0], cont_lens[1] + 1, (1,), generator=g))
+            reqs.append((ctx, torch.randint(1, V, (n,), generator=g).tolist()))
+    return reqs
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", help="an exported baseline (default: a random 'small' one)")
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--ctx", type=int, default=192)
-    ap.add_argument("--cont", type=int, default=8)
-    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--new", type=int, default=64, help="generation: new tokens per prompt")
+    ap.add_argument("--gen-ctx", type=int, default=192)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -38,50 +65,79 @@ def main() -> None:
 
     from ftbench.data import synthetic
     from ftbench.data.tokenizer import char_tokenizer
-    from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+    from ftbench.evaluation.scoring import score_requests
     from ftbench.inference.generation import SamplingConfig, generate
     from ftbench.interop.hf_llama import export_hf
     from ftbench.model import build_model, get_preset
     from ftbench.training.export import save_pretrained
 
+    print(f"torch {torch.__version__}, {args.threads} thread(s); load average {load()}")
     tmp = Path(tempfile.mkdtemp(prefix="ftbench-bench-eval-"))
-    model_dir = Path(args.model_dir) if args.model_dir else tmp / "small"
-    if not args.model_dir:
-        cfg = get_preset("small").replace(max_seq_len=512)
-        model = build_model(cfg, "baseline", seed=0)
-        # Any tokenizer will do for timing: requests are token ids.
-        save_pretrained(model.state_dict(), cfg, "baseline", char_tokenizer(synthetic.ALPHABET),
-                        model_dir)
-    hf_dir = export_hf(model_dir, tmp / "hf")
-    ours = FtbenchLM(path=str(model_dir), batch_size=args.batch)
-    theirs = HFLM(pretrained=str(hf_dir), batch_size=args.batch, device="cpu", dtype="float32")
-    V = ours.model.cfg.vocab_size
-    g = torch.Generator().manual_seed(0)
-    reqs = [((None, None), torch.randint(0, V, (args.ctx,), generator=g).tolist(),
-             torch.randint(0, V, (args.cont,), generator=g).tolist())
-            for _ in range(args.requests)]
-    tokens = args.requests * (args.ctx + args.cont - 1)
+    cfg = get_preset("small").replace(max_seq_len=1024)
+    base = build_model(cfg, "baseline", seed=0).eval()
+    free = build_model(cfg, "free", seed=0).eval()
+    # Any tokenizer will do for timing: requests are token ids.
+    save_pretrained(base.state_dict(), cfg, "baseline", char_tokenizer(synthetic.ALPHABET),
+                    tmp / "small")
+    hf_dir = export_hf(tmp / "small", tmp / "hf")
+    hflm = HFLM(pretrained=str(hf_dir), batch_size=args.batch, device="cpu", dtype="float32")
+    V = cfg.vocab_size
 
-    def timed(fn):
-        fn()  # warm-up
-        t0 = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t0, out
+    shapes = {"MMLU-shaped (4 choices, ~500-token context, 1-3-token continuations)":
+              make_items(args.items, 4, 500, (1, 3), V, 0),
+              "CSQA-shaped (5 choices, ~60-token context, 1-4-token continuations)":
+              make_items(args.items, 5, 60, (1, 4), V, 1)}
+    for title, reqs in shapes.items():
+        contenders = {
+            "ftbench baseline": lambda r=reqs: score_requests(base, r, batch_size=args.batch),
+            "lm-eval HFLM": lambda r=reqs: hflm._loglikelihood_tokens(
+                [((None, None), c, t) for c, t in r], disable_tqdm=True),
+            "Free K=1 posterior": lambda r=reqs: score_requests(
+                free, r, protocols=("posterior",), draws=1, batch_size=args.batch),
+            f"Free K={args.draws} posterior": lambda r=reqs: score_requests(
+                free, r, protocols=("posterior",), draws=args.draws, batch_size=args.batch),
+            f"Free K={args.draws} prior": lambda r=reqs: score_requests(
+                free, r, protocols=("prior",), draws=args.draws, batch_size=args.batch),
+            f"Free K={args.draws} both protocols": lambda r=reqs: score_requests(
+                free, r, protocols=("posterior", "prior"), draws=args.draws,
+                batch_size=args.batch),
+        }
+        for fn in contenders.values():  # warm-up: first kernels, allocator
+            fn(reqs[:8])
+        times = {name: [] for name in contenders}
+        outs = {}
+        for _ in range(args.rounds):
+            for name, fn in contenders.items():
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        n = len(reqs)
+        ours = [s.logp for s in outs["ftbench baseline"]["baseline"]]
+        theirs = [lp for lp, _ in outs["lm-eval HFLM"]]
+        diff = max(abs(a - b) for a, b in zip(ours, theirs))
+        print(f"\n{title}: {args.items} items, {n} requests; median of {args.rounds} "
+              f"interleaved rounds; load average {load()}")
+        for name in contenders:
+            print(f"  {name:28s} {n / med[name]:8.2f} requests/s  "
+                  f"(rounds: {', '.join(f'{t:.2f}' for t in times[name])} s)")
+        def ratio(name: str, ref: str = "ftbench baseline") -> str:
+            # Per-round ratios (both timed in the same round), then their median.
+            rs = [a / b for a, b in zip(times[name], times[ref])]
+            return f"{statistics.median(rs):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in rs)})"
+        print(f"  ftbench baseline / lm-eval HFLM, requests/s: "
+              f"{ratio('lm-eval HFLM')} (target >= 1.5x); max |dlogp| {diff:.2e}")
+        for name in (f"Free K={args.draws} posterior", f"Free K={args.draws} prior",
+                     f"Free K={args.draws} both protocols", "Free K=1 posterior"):
+            target = (f" (target <= 5x at K={args.draws})" if "both" not in name
+                      and "K=1" not in name else "")
+            print(f"  {name} / baseline K=1, time: {ratio(name)}{target}")
 
-    t_ours, r_ours = timed(lambda: ours._loglikelihood_tokens(reqs, disable_tqdm=True))
-    t_hf, r_hf = timed(lambda: theirs._loglikelihood_tokens(reqs, disable_tqdm=True))
-    diff = max(abs(a[0] - b[0]) for a, b in zip(r_ours, r_hf))
-    agree = sum(a[1] == b[1] for a, b in zip(r_ours, r_hf))
-    print(f"torch {torch.__version__}, {args.threads} threads; {args.requests} requests of "
-          f"{args.ctx}+{args.cont} tokens, batch {args.batch}")
-    print(f"log-likelihood: ftbench {tokens / t_ours:8.0f} tok/s | lm-eval HFLM "
-          f"{tokens / t_hf:8.0f} tok/s | ratio {t_hf / t_ours:.2f}x | max |dlogp| {diff:.2e} | "
-          f"is_greedy agree {agree}/{args.requests}")
-
-    prompts = [torch.randint(0, V, (args.ctx,), generator=g).tolist() for _ in range(args.batch)]
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, V, (args.gen_ctx,), generator=g).tolist()
+               for _ in range(args.batch)]
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True).eval()
-    cfg = SamplingConfig(max_new_tokens=args.new)
-    t_gen, out = timed(lambda: generate(ours.model, prompts, cfg))
+    sampling = SamplingConfig(max_new_tokens=args.new)
     ids = torch.tensor(prompts)
 
     def hf_generate():
@@ -89,12 +145,27 @@ def main() -> None:
             return hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=args.new, min_new_tokens=args.new,
                                      pad_token_id=0)
-    t_hfgen, hf_out = timed(hf_generate)
-    same = sum(row == hf_row[args.ctx:].tolist() for row, hf_row in zip(out.tokens, hf_out))
+    gen = {"ftbench": lambda: generate(base, prompts, sampling),
+           "transformers": hf_generate}
+    for fn in gen.values():
+        fn()
+    times = {k: [] for k in gen}
+    outs = {}
+    for _ in range(args.rounds):
+        for name, fn in gen.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    gen_ratio = statistics.median(b / a for a, b in zip(times["ftbench"], times["transformers"]))
+    same = sum(row == hf_row[args.gen_ctx:].tolist()
+               for row, hf_row in zip(outs["ftbench"].tokens, outs["transformers"]))
     n_new = args.batch * args.new
-    print(f"generation (greedy, {args.batch} x {args.new} new tokens after {args.ctx}): ftbench "
-          f"{n_new / t_gen:7.0f} tok/s | transformers {n_new / t_hfgen:7.0f} tok/s | ratio "
-          f"{t_hfgen / t_gen:.2f}x | identical rows {same}/{args.batch}")
+    print(f"\ngeneration (greedy, {args.batch} x {args.new} new tokens after {args.gen_ctx}): "
+          f"ftbench {n_new / med['ftbench']:7.0f} tok/s | transformers "
+          f"{n_new / med['transformers']:7.0f} tok/s | ratio {gen_ratio:.2f}x (median of rounds) | "
+          f"identical rows {same}/{args.batch}")
+    print(f"load average {load()}")
 
 
 if __name__ == "__main__":

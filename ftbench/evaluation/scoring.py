@@ -15,11 +15,13 @@ continuation position depends on (seed, draw, context, position) and never on th
 continuation's tokens. Nothing depends on batching.
 
 What makes it cheap:
-- requests that share a context are scored from one pass over it (its KV cache is copied
-  into one row per continuation), so the 4 choices of an MMLU item cost about one;
+- requests that share a context are scored from one pass over it; their continuations
+  are packed after it in one row, each seeing the context and its own tokens only, so the
+  4 choices of an MMLU item cost about one request;
 - a Free model's first half (blocks 1..L/2) does not depend on Z: it runs once per
   context and once per continuation; only blocks L/2+1..L run once per draw and protocol;
-- vocabulary logits and log-softmax are computed only where a continuation token is read;
+- vocabulary logits and log-softmax are computed only where a continuation token is read,
+  and the last block runs its queries and MLP only there;
 - on a GPU the model runs under bf16 autocast; log-softmax is always taken in fp32.
 """
 
@@ -161,27 +163,48 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]
         g = groups.setdefault(tuple(full[:n_ctx]), _Group(tuple(full[:n_ctx]), [], []))
         g.conts.append(tuple(cont))
         g.owners.append(i)
-    order = sorted(groups.values(), key=lambda g: (-len(g.ctx), -max(map(len, g.conts))))
+    order = sorted(_fit(groups.values(), model.cfg.max_seq_len),
+                   key=lambda g: (-len(g.ctx), -_packed_len(g)))
     out: dict[str, list[Score | None]] = {k: [None] * len(requests) for k in keys}
     batch: list[_Group] = []
 
     def flush():
-        for g, per_cont in zip(batch, _score_groups(model, batch, keys, K, seed, amp)):
+        for g, per_cont in zip(batch, _score_groups(model, batch, keys, K, seed, amp, batch_size)):
             for owner, scores in zip(g.owners, per_cont):
                 for k in keys:
                     out[k][owner] = scores[k]
         batch.clear()
 
     for g in order:
-        # The cache holds the longest context plus the longest continuation of the batch.
-        longest_cont = max([len(c) for b in batch for c in b.conts] + [len(c) for c in g.conts])
+        # The caches hold the longest context plus the longest packed continuations.
+        packed = max([_packed_len(b) for b in batch] + [_packed_len(g)])
         if batch and (len(batch) == batch_size or
-                      len(batch[0].ctx) + longest_cont - 1 > model.cfg.max_seq_len):
+                      len(batch[0].ctx) + packed > model.cfg.max_seq_len):
             flush()
         batch.append(g)
     if batch:
         flush()
     return out  # type: ignore[return-value]
+
+
+def _packed_len(g: _Group) -> int:
+    return sum(len(c) - 1 for c in g.conts)
+
+
+def _fit(groups, max_len: int) -> list[_Group]:
+    """Split a context's continuations over several groups when, packed after it, they
+    would not fit the model (scores do not change: Z depends on positions, not packing)."""
+    out = []
+    for g in groups:
+        part = _Group(g.ctx, [], [])
+        for cont, owner in zip(g.conts, g.owners):
+            if part.conts and len(g.ctx) + _packed_len(part) + len(cont) - 1 > max_len:
+                out.append(part)
+                part = _Group(g.ctx, [], [])
+            part.conts.append(cont)
+            part.owners.append(owner)
+        out.append(part)
+    return out
 
 
 def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -207,8 +230,38 @@ def _left_pad(rows: Sequence[Sequence[int]], device):
     return tokens.to(device), valid.to(device), positions.to(device)
 
 
+def _packed_continuations(groups: list[_Group], n_ctx: list[int], Tc: int, device):
+    """Each group's continuation inputs (every token but the last) packed into one row
+    after its context: tokens, validity, positions (each continuation restarts at the end
+    of its context) and an attention pattern in which a token sees the context and the
+    earlier tokens of its own continuation only. Returns those and each continuation's
+    first packed slot."""
+    lengths = [[len(c) - 1 for c in g.conts] for g in groups]
+    P = max(sum(ls) for ls in lengths)
+    G = len(groups)
+    tokens = torch.zeros(G, P, dtype=torch.long)
+    valid = torch.zeros(G, P, dtype=torch.bool)
+    positions = torch.zeros(G, P, dtype=torch.long)
+    owner = torch.full((G, P), -1, dtype=torch.long)
+    starts = []
+    for gi, g in enumerate(groups):
+        at = 0
+        for ci, c in enumerate(g.conts):
+            n = len(c) - 1
+            starts.append(at)
+            tokens[gi, at:at + n] = torch.tensor(c[:-1], dtype=torch.long)
+            valid[gi, at:at + n] = True
+            positions[gi, at:at + n] = n_ctx[gi] + torch.arange(n)
+            owner[gi, at:at + n] = ci
+            at += n
+    slot = torch.arange(P)
+    own_GPP = ((owner[:, :, None] == owner[:, None, :]) & (slot[None, None, :] <= slot[None, :, None])
+               & valid[:, None, :])
+    return tokens.to(device), valid.to(device), positions.to(device), own_GPP, starts
+
+
 def _score_groups(model, groups: list[_Group], keys: list[str], K: int, seed: int,
-                  amp: str | None) -> list[list[dict[str, Score]]]:
+                  amp: str | None, batch_size: int) -> list[list[dict[str, Score]]]:
     """One batch of contexts, each with its continuations: [group][continuation][key]."""
     device = next(model.parameters()).device
     free = model.arch == "free"
@@ -217,33 +270,30 @@ def _score_groups(model, groups: list[_Group], keys: list[str], K: int, seed: in
     Tc = ctx_GT.shape[1]
     n_ctx = [len(g.ctx) for g in groups]
     rows = [(gi, c) for gi, g in enumerate(groups) for c in g.conts]  # one per continuation
-    Lc = max(len(c) for _, c in rows) - 1  # continuation tokens fed back as inputs
+    P = max(sum(len(c) - 1 for c in g.conts) for g in groups)  # packed continuation inputs
     half = range(model.z_independent_layers)
+    # Left padding puts every context's last token in slot Tc - 1: the only context
+    # position whose output is read (it predicts each continuation's first token).
+    last_slot = torch.tensor([Tc - 1], device=device)
     autocast = autocast_for(device, amp)
 
-    # Z-independent blocks: once per context, then once per continuation from its cache.
+    # Z-independent blocks: once per context, then once for all its continuations.
     with autocast:
-        cache1 = model.new_cache(G, Tc + Lc, layers=half) if Lc > 0 else None
+        cache1 = model.new_cache(G, Tc + P, layers=half) if P > 0 else None
         s1 = model.run_z_independent(ctx_GT, positions_BT=pos_GT, valid_BT=valid_GT,
-                                     cache=cache1)
-        s1c = None
-        if Lc > 0:
-            cont_NL = torch.zeros(len(rows), Lc, dtype=torch.long)
-            cvalid_NL = torch.zeros(len(rows), Lc, dtype=torch.bool)
-            for r, (gi, c) in enumerate(rows):
-                cont_NL[r, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                cvalid_NL[r, :len(c) - 1] = True
-            row_group_N = torch.tensor([gi for gi, _ in rows], device=device)
-            cpos_NL = (torch.tensor([n_ctx[gi] for gi, _ in rows])[:, None]
-                       + torch.arange(Lc)[None]).to(device)
-            s1c = model.run_z_independent(cont_NL.to(device), positions_BT=cpos_NL,
-                                          valid_BT=cvalid_NL.to(device),
-                                          cache=cache1.select(row_group_N))
+                                     cache=cache1, rows_N=last_slot)
+        s1c, starts = None, []
+        if P > 0:
+            tok_GP, cvalid_GP, cpos_GP, own_GPP, starts = _packed_continuations(
+                groups, n_ctx, Tc, device)
+            attend_GPS = torch.cat((valid_GT[:, None, :].expand(G, P, Tc).cpu(), own_GPP),
+                                   dim=2).to(device)
+            s1c = model.run_z_independent(tok_GP, positions_BT=cpos_GP, valid_BT=cvalid_GP,
+                                          cache=cache1, attend_BTS=attend_GPS)
 
     if not free:
-        hid_last_GD, hid_cont_NLD = s1.x_BTD[:, -1], (s1c.x_BTD if s1c is not None else None)
-        per_key = {BASELINE_KEY: _collect(model, rows, hid_last_GD[:, None],
-                                          None if hid_cont_NLD is None else hid_cont_NLD[:, None],
+        hid_cont = None if s1c is None else s1c.x_BTD[:, None]
+        per_key = {BASELINE_KEY: _collect(model, rows, starts, s1.x_BTD[:, None, -1], hid_cont,
                                           1, autocast)}
         return _regroup(groups, per_key)
 
@@ -253,18 +303,18 @@ def _score_groups(model, groups: list[_Group], keys: list[str], K: int, seed: in
     if "posterior" in keys:
         with autocast:
             latent_GTH = model.encode(s1)
-    # Rows of the Z-dependent passes: context g, draw k at g*K + k; continuation r, draw k
-    # at r*K + k.
-    s2 = s1.select(torch.arange(G, device=device).repeat_interleave(K))
-    s2c = None
+    zc_GKP = None
     if s1c is not None:
-        s2c = s1c.select(torch.arange(len(rows), device=device).repeat_interleave(K))
-        zc_GKL = torch.stack([torch.stack([
-            continuation_codes(ckeys[gi], range(n_ctx[gi], n_ctx[gi] + Lc), H, seed, k)
-            for k in range(K)]) for gi in range(G)])
-        zc_NKL = torch.stack([zc_GKL[gi] for gi, _ in rows]).to(device)
-        cache_rows = torch.tensor([gi * K + k for gi, _ in rows for k in range(K)],
-                                  device=device)
+        # A packed slot's code depends on its position after the context only, so every
+        # continuation of an item sees the same Z at the same offset.
+        zc_GKP = torch.zeros(G, K, P, dtype=torch.long)
+        cpos = cpos_GP.cpu()
+        for gi in range(G):
+            for k in range(K):
+                zc_GKP[gi, k] = continuation_codes(ckeys[gi], cpos[gi].tolist(), H, seed, k)
+    # Draws run a chunk at a time, about `batch_size` rows per pass like the first half:
+    # G x K rows at once would leave the CPU caches for memory with no fewer FLOPs.
+    per_pass = max(1, batch_size // G)
     per_key = {}
     for key in keys:
         z_GKT = torch.zeros(G, K, Tc, dtype=torch.long)
@@ -273,23 +323,34 @@ def _score_groups(model, groups: list[_Group], keys: list[str], K: int, seed: in
             for k in range(K):
                 z_GKT[gi, k, Tc - n_ctx[gi]:] = context_codes(lat, ckeys[gi], n_ctx[gi], H,
                                                               seed, k)
-        with autocast:
-            cache2 = (model.new_cache(G * K, Tc + Lc, layers=range(half.stop,
-                                                                   model.cfg.n_layers))
-                      if s2c is not None else None)
-            x2 = model.run_z_dependent(s2, z_GKT.view(G * K, Tc).to(device), cache2)
-            hid_last = x2[:, -1].view(G, K, -1)
-            hid_cont = None
-            if s2c is not None:
-                xc = model.run_z_dependent(s2c, zc_NKL.view(-1, Lc), cache2.select(cache_rows))
-                hid_cont = xc.view(len(rows), K, Lc, -1)
-        per_key[key] = _collect(model, rows, hid_last, hid_cont, K, autocast)
+        hid_last_GKD = hid_cont_GKPD = None
+        for k0 in range(0, K, per_pass):
+            ks = range(k0, min(K, k0 + per_pass))
+            # Row k * G + g of this pass: context g under draw k.
+            rep = torch.arange(G, device=device).repeat(len(ks))
+            with autocast:
+                cache2 = (model.new_cache(len(rep), Tc + P,
+                                          layers=range(half.stop, model.cfg.n_layers))
+                          if s1c is not None else None)
+                z_RT = z_GKT[:, ks].transpose(0, 1).reshape(-1, Tc).to(device)
+                x2 = model.run_z_dependent(s1.select(rep), z_RT, cache2, rows_N=last_slot)
+                if hid_last_GKD is None:
+                    hid_last_GKD = x2.new_empty(G, K, x2.shape[-1])
+                hid_last_GKD[:, ks] = x2.view(len(ks), G, -1).transpose(0, 1)
+                if s1c is not None:
+                    zc_RP = zc_GKP[:, ks].transpose(0, 1).reshape(-1, P).to(device)
+                    xc = model.run_z_dependent(s1c.select(rep), zc_RP, cache2)
+                    if hid_cont_GKPD is None:
+                        hid_cont_GKPD = xc.new_empty(G, K, P, xc.shape[-1])
+                    hid_cont_GKPD[:, ks] = xc.view(len(ks), G, P, -1).transpose(0, 1)
+        per_key[key] = _collect(model, rows, starts, hid_last_GKD, hid_cont_GKPD, K, autocast)
     return _regroup(groups, per_key)
 
 
-def _collect(model, rows, hid_last_GKD, hid_cont_NKLD, K: int, autocast) -> list[Score]:
-    """Scores per continuation row from the hidden states at the positions that predict
-    its tokens: the context's last slot, then its own first len - 1 slots."""
+def _collect(model, rows, starts, hid_last_GKD, hid_cont_GKPD, K: int,
+             autocast) -> list[Score]:
+    """Scores per continuation from the hidden states at the positions that predict its
+    tokens: the context's last slot, then its own packed slots but the last."""
     with autocast:
         logits_last = model.readout(hid_last_GKD)
     logp_last_GKV = _log_softmax_fp32(logits_last)
@@ -299,8 +360,9 @@ def _collect(model, rows, hid_last_GKD, hid_cont_NKLD, K: int, autocast) -> list
         draws_K = logp_last_GKV[gi, :, c[0]].double()
         greedy = int(mix_last_GV[gi].argmax()) == c[0]
         if len(c) > 1:
+            st = starts[r]
             with autocast:
-                logits = model.readout(hid_cont_NKLD[r, :, :len(c) - 1])
+                logits = model.readout(hid_cont_GKPD[gi, :, st:st + len(c) - 1])
             logp_KLV = _log_softmax_fp32(logits)
             target_L = torch.tensor(c[1:], device=logp_KLV.device)
             draws_K = draws_K + logp_KLV.gather(

@@ -32,12 +32,16 @@ class Stream:
     x_BTD: torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
     valid_BT: torch.Tensor | None
+    attend_BTS: torch.Tensor | None = None
+    """An explicit attention pattern over the cache's slots, if the call had one."""
 
     def select(self, rows_N: torch.Tensor) -> "Stream":
         cos, sin = self.rope
-        return Stream(self.x_BTD.index_select(0, rows_N),
-                      (cos.index_select(0, rows_N), sin.index_select(0, rows_N)),
-                      None if self.valid_BT is None else self.valid_BT.index_select(0, rows_N))
+
+        def pick(t):
+            return None if t is None else t.index_select(0, rows_N)
+        return Stream(pick(self.x_BTD), (pick(cos), pick(sin)), pick(self.valid_BT),
+                      pick(self.attend_BTS))
 
 
 class BaselineDecoder(nn.Module):
@@ -66,15 +70,24 @@ class BaselineDecoder(nn.Module):
     def run_z_independent(self, tokens_BT: torch.Tensor, *,
                           positions_BT: torch.Tensor | None = None,
                           valid_BT: torch.Tensor | None = None,
-                          cache: DecodeCache | None = None) -> Stream:
+                          cache: DecodeCache | None = None,
+                          attend_BTS: torch.Tensor | None = None,
+                          rows_N: torch.Tensor | None = None) -> Stream:
         """Embedding and the blocks before the latent enters; `cache` (covering those
-        blocks) is filled and advanced by T."""
-        rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
+        blocks) is filled and advanced by T. `attend_BTS`: an explicit attention pattern
+        over the cache's slots (see AttentionMask.pattern), kept for the Z-dependent blocks.
+        `rows_N`: when these blocks include the last one, its output only at those
+        positions (the stream then holds N positions)."""
+        if attend_BTS is not None:
+            rope, _ = self._prepare(tokens_BT, positions_BT, None, None)
+            mask = AttentionMask.pattern(attend_BTS, valid_BT, cache)
+        else:
+            rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
         x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.z_independent_layers, rope,
-                                 mask, cache)
+                                 mask, cache, rows_N)
         if cache is not None:
             cache.length += tokens_BT.shape[1]
-        return Stream(x_BTD, rope, valid_BT)
+        return Stream(x_BTD, rope, valid_BT, attend_BTS)
 
     def readout(self, x_ND: torch.Tensor) -> torch.Tensor:
         """Final norm and vocabulary logits for the given residual vectors only (scoring
@@ -92,9 +105,12 @@ class BaselineDecoder(nn.Module):
         mask = AttentionMask.build(valid_BT, cache, T, tokens_BT.device)
         return self.rotary(positions_BT, max_position), mask
 
-    def _run_blocks(self, x_BTD, first: int, last: int, rope, mask, cache):
+    def _run_blocks(self, x_BTD, first: int, last: int, rope, mask, cache, rows_N=None):
+        """Blocks first..last-1; `rows_N` trims the model's last block to those outputs."""
         for i in range(first, last):
-            x_BTD = self.blocks[i](x_BTD, rope, mask, cache.layers[i] if cache else None)
+            rows = rows_N if i == self.cfg.n_layers - 1 else None
+            x_BTD = self.blocks[i](x_BTD, rope, mask, cache.layers[i] if cache else None,
+                                   rows_N=rows)
         return x_BTD
 
     def _logits(self, x_BTD: torch.Tensor) -> torch.Tensor:

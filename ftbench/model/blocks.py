@@ -153,6 +153,34 @@ class AttentionMask:
         return AttentionMask(allowed_BTS.unsqueeze(1), False, start)
 
     @staticmethod
+    def pattern(allowed_BTS: torch.Tensor, valid_BT: torch.Tensor,
+                cache: DecodeCache | None) -> "AttentionMask":
+        """An explicit view: query t of this call sees key slot s (cache slots first) where
+        allowed_BTS is True. Lets several continuations packed after one cached context each
+        see the context and only their own earlier tokens."""
+        start = cache.length if cache is not None else 0
+        T = allowed_BTS.shape[1]
+        if allowed_BTS.shape[2] != start + T:
+            raise ValueError(f"attention pattern covers {allowed_BTS.shape[2]} key slots, "
+                             f"expected {start + T} (cache {start} + {T} new)")
+        if cache is not None:
+            if start + T > cache.max_len:
+                raise ValueError(f"cache full: {start} + {T} tokens > {cache.max_len} slots")
+            cache.valid_BS[:, start:start + T] = valid_BT
+        return AttentionMask(allowed_BTS.unsqueeze(1), False, start)
+
+    def query_rows(self, rows_N: torch.Tensor, T: int) -> "AttentionMask":
+        """The same view for a subset of this call's T queries (the keys are unchanged)."""
+        if self.mask_B1TS is not None:
+            return AttentionMask(self.mask_B1TS[:, :, rows_N], False, self.cache_start)
+        if not self.is_causal:
+            return self
+        q_slot_N = self.cache_start + rows_N
+        k_slot_S = torch.arange(self.cache_start + T, device=rows_N.device)
+        return AttentionMask((k_slot_S[None, :] <= q_slot_N[:, None])[None, None], False,
+                             self.cache_start)
+
+    @staticmethod
     def bidirectional(valid_BT: torch.Tensor | None) -> "AttentionMask":
         """Non-causal attention over the valid tokens of this call (the encoder's view)."""
         if valid_BT is None or bool(valid_BT.all()):
@@ -173,20 +201,23 @@ class Attention(nn.Module):
 
     def forward(self, xq_BTD: torch.Tensor, xkv_BTD: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], mask: AttentionMask,
-                cache: KVCache | None = None) -> torch.Tensor:
-        B, T, _ = xq_BTD.shape
-        q_BHTK = self.wq(xq_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+                cache: KVCache | None = None,
+                q_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`q_rope`: the queries' rotary tables when they are a subset of the keys' rows."""
+        B, Tq, _ = xq_BTD.shape
+        T = xkv_BTD.shape[1]
+        q_BHTK = self.wq(xq_BTD).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
         k_BHTK = self.wk(xkv_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BHTK = self.wv(xkv_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # Rotate before caching: cached keys keep their own positions.
-        q_BHTK = apply_rotary(q_BHTK, *rope)
+        q_BHTK = apply_rotary(q_BHTK, *(q_rope or rope))
         k_BHTK = apply_rotary(k_BHTK, *rope)
         if cache is not None:
             k_BHTK, v_BHTK = cache.write(mask.cache_start, k_BHTK, v_BHTK)
         o_BHTK = F.scaled_dot_product_attention(
             q_BHTK, k_BHTK, v_BHTK, attn_mask=mask.mask_B1TS, is_causal=mask.is_causal,
             enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.wo(o_BHTK.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(o_BHTK.transpose(1, 2).reshape(B, Tq, -1))
 
 
 class SwiGLU(nn.Module):
@@ -220,12 +251,22 @@ class Block(nn.Module):
     def forward(self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: AttentionMask, cache: KVCache | None = None,
                 kv_source: torch.Tensor | None = None,
-                kv_add: torch.Tensor | None = None) -> torch.Tensor:
+                kv_add: torch.Tensor | None = None,
+                rows_N: torch.Tensor | None = None) -> torch.Tensor:
+        """`rows_N`: compute the output only at these of the T positions (keys and values
+        still come from, and are cached for, all of them): a last block whose other outputs
+        nobody reads skips their queries and MLP."""
         h_BTD = self.attn_norm(x_BTD)
         kv_BTD = h_BTD if kv_source is None else self.attn_norm(kv_source)
         if kv_add is not None:
             kv_BTD = kv_BTD + kv_add
-        x_BTD = x_BTD + self.attn(h_BTD, kv_BTD, rope, mask, cache)
+        q_rope = None
+        if rows_N is not None:
+            T = x_BTD.shape[1]
+            x_BTD, h_BTD = x_BTD[:, rows_N], h_BTD[:, rows_N]
+            q_rope = (rope[0][:, :, rows_N], rope[1][:, :, rows_N])
+            mask = mask.query_rows(rows_N, T)
+        x_BTD = x_BTD + self.attn(h_BTD, kv_BTD, rope, mask, cache, q_rope)
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
 

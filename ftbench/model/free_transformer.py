@@ -65,28 +65,34 @@ class FreeTransformer(BaselineDecoder):
         return self.encoder(stream.x_BTD, stream.rope, AttentionMask.bidirectional(seen_BT))
 
     def run_z_dependent(self, stream: Stream, z_BT: torch.Tensor,
-                        cache: DecodeCache | None = None) -> torch.Tensor:
+                        cache: DecodeCache | None = None,
+                        rows_N: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks L/2+1..L on the first half's output, with codes z_BT; returns the last
-        block's output (before the final norm). `cache` covers those blocks only and is
-        advanced by T, so one first-half pass can feed many Z draws."""
+        block's output (before the final norm), only at positions `rows_N` if given.
+        `cache` covers those blocks only and is advanced by T, so one first-half pass can
+        feed many Z draws."""
         T = stream.x_BTD.shape[1]
-        mask = AttentionMask.build(stream.valid_BT, cache, T, stream.x_BTD.device)
+        if stream.attend_BTS is not None:
+            mask = AttentionMask.pattern(stream.attend_BTS, stream.valid_BT, cache)
+        else:
+            mask = AttentionMask.build(stream.valid_BT, cache, T, stream.x_BTD.device)
         x_BTD = self._z_dependent_blocks(stream.x_BTD, self.post_sampler(z_BT), stream.rope,
-                                         mask, cache)
+                                         mask, cache, rows_N)
         if cache is not None:
             cache.length += T
         return x_BTD
 
-    def _z_dependent_blocks(self, x_BTD, r_BTD, rope, mask, cache) -> torch.Tensor:
+    def _z_dependent_blocks(self, x_BTD, r_BTD, rope, mask, cache, rows_N=None) -> torch.Tensor:
         block = self.blocks[self.inject_layer]
         layer_cache = cache.layers[self.inject_layer] if cache is not None else None
         r_BTD = r_BTD.to(x_BTD.dtype)
+        rows = rows_N if self.inject_layer == self.cfg.n_layers - 1 else None
         if self.cfg.kv_injection == "norm_of_sum":
-            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_source=x_BTD + r_BTD)
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_source=x_BTD + r_BTD, rows_N=rows)
         else:
-            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_add=r_BTD)
+            x_BTD = block(x_BTD, rope, mask, layer_cache, kv_add=r_BTD, rows_N=rows)
         return self._run_blocks(x_BTD, self.inject_layer + 1, self.cfg.n_layers, rope, mask,
-                                cache)
+                                cache, rows_N)
 
     @torch.no_grad()
     def latent_logits(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,

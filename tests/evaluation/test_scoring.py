@@ -57,8 +57,8 @@ class Spy:
         self.calls.append(("encode", stream.x_BTD.shape[1], out.clone()))
         return out
 
-    def run_z_dependent(self, stream, z_BT, cache=None):
-        out = self.model.run_z_dependent(stream, z_BT, cache)
+    def run_z_dependent(self, stream, z_BT, cache=None, rows_N=None):
+        out = self.model.run_z_dependent(stream, z_BT, cache, rows_N)
         self.calls.append(("z", z_BT.clone(), out.clone()))
         return out
 
@@ -128,8 +128,10 @@ def _brute_force(model, ctx, cont, protocol, draws, seed):
 
 
 @pytest.mark.parametrize("protocol", ["posterior", "prior"])
-def test_k_draws_equal_a_full_forward_per_draw(toy_pair, protocol):
-    _, free = toy_pair
+@pytest.mark.parametrize("n_layers", [4, 2])  # with 2, the injection block is the last one
+def test_k_draws_equal_a_full_forward_per_draw(toy_cfg, protocol, n_layers):
+    free = build_model(toy_cfg.replace(n_layers=n_layers), "free", seed=3,
+                       dtype=torch.float64).eval()
     reqs = _flat(MC)
     res = score_requests(free, reqs, protocols=(protocol,), draws=4, seed=2, batch_size=2)
     for (ctx, cont), s in zip(reqs, res[protocol]):
@@ -158,6 +160,17 @@ def test_prefix_shared_scores_equal_unshared_scores(toy_pair, arch):
         for key, scores in alone.items():
             assert abs(scores[0].logp - shared[key][i].logp) < 1e-9
             assert scores[0].greedy == shared[key][i].greedy
+
+
+def test_continuations_too_long_to_pack_together_score_the_same(toy_pair):
+    # max_seq_len 128: three 50-token continuations cannot all follow a 40-token context.
+    _, free = toy_pair
+    ctx = list(range(1, 41))
+    reqs = [(ctx, [(7 * i + j) % 97 for j in range(50)]) for i in range(3)]
+    together = score_requests(free, reqs, protocols=("prior",), draws=2, seed=1)["prior"]
+    for req, s in zip(reqs, together):
+        (alone,) = score_requests(free, [req], protocols=("prior",), draws=2, seed=1)["prior"]
+        assert abs(alone.logp - s.logp) < 1e-9
 
 
 def test_continuation_z_does_not_depend_on_the_continuation(toy_pair):
