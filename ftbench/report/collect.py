@@ -92,10 +92,15 @@ def banners(arms: list[ArmResults]) -> list[str]:
         lim = sorted(str(x) for x in limits)
         out.append(f"SMOKE TEST: some results used --limit ({', '.join(lim)}): scores cover "
                    "only the first items of each task and are not comparable to full runs.")
-    protocols = {(r["protocol"].get("z_protocol"), r["protocol"].get("z_draws"))
-                 for a in arms for r in a.results.values() if r["protocol"].get("arch") == "free"}
-    if len(protocols) > 1:
-        out.append(f"MIXED Z PROTOCOLS across Free results: {sorted(map(str, protocols))}.")
+    # Log-likelihood results (K draws) and generative ones (n samples) are compared apart.
+    for count in ("z_draws", "z_samples"):
+        protocols = {(r["protocol"].get("z_protocol"), r["protocol"].get(count),
+                      tuple(r["protocol"].get("protocols") or ()))
+                     for a in arms for r in a.results.values()
+                     if r["protocol"].get("arch") == "free" and count in r["protocol"]}
+        if len(protocols) > 1:
+            out.append(f"MIXED Z PROTOCOLS across Free results ({count}): "
+                       f"{sorted(map(str, protocols))}.")
     for task in sorted({t for a in arms for t in a.results}):
         versions = {str(a.results[task]["data"]) for a in arms if task in a.results}
         if len(versions) > 1:

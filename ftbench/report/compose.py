@@ -11,8 +11,9 @@ from ftbench.report import plots
 from ftbench.report.collect import HEADLINE, ArmResults, ReportError, banners, collect
 from ftbench.report.document import (Banner, Bullets, Document, Figure, Heading, Paragraph,
                                      Preformatted, Table)
-from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, overhead_rows,
-                                     paper_overhead_text)
+from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, eval_time_rows,
+                                     overhead_rows, paper_overhead_text)
+from ftbench.report.protocols import between_text, gain_text, protocol_rows
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
 from ftbench.repro.report import (find_repro, load_repro, synthetic_blocks,
                                    synthetic_seeds_blocks)
@@ -51,6 +52,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
         doc.add(Banner(text))
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir)
+    _protocols_section(doc, arms)
     _seeds_section(doc, arms)
     _replicas_section(doc, arms)
     _overhead_section(doc, arms, costs, figures_dir)
@@ -89,6 +91,37 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path) -> N
         doc.add(Figure(png, "Relative gain of each Free arm over its baseline, per benchmark, "
                             "with the paired 95 % bootstrap interval; faded bars are not "
                             "significant.", alt="relative gains"))
+
+
+def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
+    rows = protocol_rows(arms)
+    if not rows:
+        return
+    doc.add(Heading("Free arms: Z spread and both Z protocols"),
+            Paragraph("Per Free arm and benchmark: the headline score and its gain over the "
+                      "baseline (as in the main table), beside the spread over Z. "
+                      "Log-likelihood tasks combine K draws per item by log-mean-exp; the "
+                      "spread is the score a single draw would give (mean ± sd over the K "
+                      "draws, [min, max]). Generative tasks average n samples per prompt, each "
+                      "with its own Z; the spread is the mean ± its standard error across "
+                      "samples. Log-likelihood tasks are also scored under the other Z protocol "
+                      "(posterior: the encoder reads the context, new tokens get prior Z; "
+                      "prior: uniform Z everywhere), from the same Z-independent pass; the "
+                      "last column is their paired difference (other − headline) on the same "
+                      "items, flagged DISAGREE when its 95 % interval excludes 0."))
+    table = [[r.arm, r.task, f"{r.headline}: {gain_text(r.gain)}", r.spread,
+              f"{r.other}: {gain_text(r.other_gain)}" if r.other else "—", between_text(r)]
+             for r in rows]
+    doc.add(Table(["arm", "benchmark", "score, gain (headline protocol)", "spread over Z",
+                   "other protocol: score, gain", "other − headline"], table))
+    for r in rows:
+        if r.disagree:
+            doc.add(Banner(f"Z PROTOCOLS DISAGREE: {r.arm} on {r.task}: {r.other} scores "
+                           f"{100 * r.between.other:.1f} and {r.headline} "
+                           f"{100 * r.between.baseline:.1f} (paired difference "
+                           f"{100 * r.between.diff:+.1f} pts, 95 % CI [{100 * r.between.ci_low:+.1f}, "
+                           f"{100 * r.between.ci_high:+.1f}]); the comparison with the baseline "
+                           "depends on the protocol."))
 
 
 def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
@@ -134,14 +167,16 @@ def _replicas_section(doc: Document, arms: list[ArmResults]) -> None:
                 continue
             runs = [a.results[task], *reps]
             values = [r["metrics"][HEADLINE[task]]["value"] for r in runs]
-            seeds = ", ".join(str(r["seed"]) for r in runs)
+            seeds = ", ".join(str(r["seed"]) + (f" (few-shot {r['fewshot_seed']})"
+                                                if r.get("fewshot_seed") else "") for r in runs)
             rows.append([f"{a.run}/{a.arm}", task, seeds, mean_sd_text(values),
                          f"{100 * min(values):.1f} – {100 * max(values):.1f}"])
     if rows:
         doc.add(Heading("Spread over Z draws and sampling seeds"),
                 Paragraph("The same trained arm evaluated with several `--seed` values: for "
-                          "Free arms this redraws Z (and samples, for code with n > 1). Scores "
-                          "in %: mean ± standard deviation, and range."),
+                          "Free arms this redraws Z (and tokens, when sampled at a temperature); "
+                          "the few-shot examples change only with `--fewshot-seed`, shown in "
+                          "brackets. Scores in %: mean ± standard deviation, and range."),
                 Table(["arm", "benchmark", "seeds", "mean ± sd", "range"], rows))
 
 
@@ -187,6 +222,19 @@ def _overhead_section(doc: Document, arms: list[ArmResults],
     png = plots.overhead_bars(bars, figures_dir / "overhead.png")
     doc.add(Figure(png, f"Overhead of {pairs[0][1].arm} over the baseline (Free/baseline - 1); "
                         "the paper's 1/L where it states one.", alt="overhead bars"))
+    _eval_time_table(doc, arms)
+
+
+def _eval_time_table(doc: Document, arms: list[ArmResults]) -> None:
+    header, rows = eval_time_rows(arms)
+    if not rows:
+        return
+    doc.add(Paragraph("Measured evaluation time per arm and benchmark (wall time of `ftbench "
+                      "eval` for that results file, on the device it ran on), with what the "
+                      "protocol asked for: K Z draws and the Z protocols scored for "
+                      "log-likelihood tasks, n samples for generative ones. The ratio is "
+                      "Free/baseline: what the protocol costs on top of the model."),
+            Table(header, rows))
 
 
 def _ratio_text(ratio: float | None, base, free, unit: str) -> str:

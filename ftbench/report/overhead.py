@@ -133,3 +133,43 @@ def paper_overhead_text(size: str | None) -> str:
     if size in PAPER_OVERHEAD:
         return f"{size}: +{100 * PAPER_OVERHEAD[size]:.1f} % (1/L)"
     return "1.5b: +3.6 %, 8b: +3.1 % (1/L; the paper's sizes)"
+
+
+def protocol_cost_text(result: dict) -> str:
+    p = result["protocol"]
+    if p.get("arch") != "free":
+        n = p.get("n_samples")
+        return f"n={n}" if n else "1 pass"
+    if "z_draws" in p:
+        return f"K={p['z_draws']}, {'+'.join(p.get('protocols') or [p.get('z_protocol')])}"
+    return f"n={p.get('z_samples', 1)}"
+
+
+def eval_time_rows(arms: list[ArmResults]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per benchmark, each arm's wall time (and settings), and per Free
+    arm its ratio to its run's baseline."""
+    multi = len({a.run for a in arms}) > 1
+    labels = [f"{a.run}/{a.arm}" if multi else a.arm for a in arms]
+    tasks = sorted({t for a in arms for t in a.results})
+    bases = {a.run: a for a in arms if a.arm == "baseline"}
+    rows = []
+    for task in tasks:
+        row = [task]
+        for a in arms:
+            r = a.results.get(task)
+            if r is None:
+                row.append("—")
+                continue
+            text = f"{r['wall_s']:.0f} s ({protocol_cost_text(r)})"
+            base = bases.get(a.run)
+            if a.arm != "baseline" and base is not None and task in base.results \
+                    and base.results[task]["wall_s"] > 0:
+                text += f", {r['wall_s'] / base.results[task]['wall_s']:.2f}x"
+            row.append(text)
+        rows.append(row)
+    total = ["all benchmarks"]
+    for a in arms:
+        secs = sum(r["wall_s"] for r in a.results.values())
+        total.append(f"{secs:.0f} s")
+    rows.append(total)
+    return ["evaluation time", *labels], rows

@@ -10,6 +10,7 @@ import pytest
 from ftbench.evaluation.results import write_result
 from ftbench.model.accounting import model_cost
 from ftbench.model.presets import get_preset
+from ftbench.evaluation.replicas import spread_stats
 from ftbench.report.collect import ReportError
 from ftbench.report.compose import build_report, report_inputs
 from ftbench.report.document import Banner, Figure, Table
@@ -66,12 +67,18 @@ def _tables(doc):
     return [b for b in doc.blocks if isinstance(b, Table)]
 
 
+def _table(doc, first_header):
+    return next(t for t in _tables(doc) if t.header[0] == first_header)
+
+
 def test_report_holds_the_expected_numbers(roots, tmp_path):
     results, models = roots
     doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
-    main, replicas, overhead = _tables(doc)[:3]
+    main, replicas = _tables(doc)[0], _table(doc, "arm")
+    overhead = _table(doc, "quantity")
     gsm = next(r for r in main.rows if r[1].startswith("gsm8k"))
     assert gsm[2] == "30.0" and gsm[3].startswith("50.0 (+20.0 pts, +66.7 %")
+    replicas = next(t for t in _tables(doc) if t.header[:3] == ["arm", "benchmark", "seeds"])
     assert replicas.rows == [["s0/free-k0p5", "gsm8k", "0, 1", "55.0 ± 7.1", "50.0 – 60.0"]]
     rows = {r[0]: r[1] for r in overhead.rows}
     assert rows["training time / token (measured)"].startswith("1.250x (1,000 tok/s → 800")
@@ -148,3 +155,67 @@ def test_bad_input_gives_clear_messages(roots, tmp_path):
     shutil.rmtree(results / "s0" / "baseline")
     with pytest.raises(ReportError, match="no baseline results"):
         build_report(report_inputs(["s0"], results, models), tmp_path / "f")
+
+
+def _free_ll_result(per_item_post, per_item_prior, draws_post, draws_prior):
+    r = _result("commonsense_qa", "qa", "acc,none", per_item_post, arch="free")
+    r["protocol"].update(z_draws=8, protocols=["posterior", "prior"])
+    prior_value = sum(per_item_prior.values()) / len(per_item_prior)
+    r["protocols"] = {"prior": {"metrics": {"acc,none": {"value": prior_value, "stderr": 0.0}},
+                                "per_item": {"acc,none": per_item_prior}, "n_items": 100}}
+    r["spread"] = {"kind": "z_draws", "n": 8, "metric": "acc,none", "protocols": {
+        p: spread_stats(v) for p, v in (("posterior", draws_post), ("prior", draws_prior))}}
+    return r
+
+
+def test_protocols_side_by_side_with_the_spread_and_a_disagreement_flag(roots, tmp_path):
+    results, models = roots
+    write_result(results / "s0" / "baseline" / "commonsense_qa.json",
+                 _result("commonsense_qa", "qa", "acc,none", _outcomes(0.30)))
+    # Posterior 40 %, prior 70 % on the same items: far apart, item by item.
+    write_result(results / "s0" / "free-k0p5" / "commonsense_qa.json",
+                 _free_ll_result(_outcomes(0.40), _outcomes(0.70), [0.38, 0.42] * 4,
+                                 [0.7] * 8))
+    gsm = json.loads((results / "s0" / "free-k0p5" / "gsm8k.json").read_text())
+    gsm["protocol"].update(z_samples=5)
+    gsm["spread"] = {"kind": "z_samples", "n": 5, "metrics": {
+        "exact_match,strict-match": spread_stats([0.48, 0.52, 0.5, 0.46, 0.54])}}
+    write_result(results / "s0" / "free-k0p5" / "gsm8k.json", gsm)
+    code = json.loads((results / "s0" / "free-k0p5" / "humanevalplus.json").read_text())
+    code["protocol"].update(z_samples=5)
+    write_result(results / "s0" / "free-k0p5" / "humanevalplus.json", code)
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    table = next(t for t in _tables(doc) if t.header[:2] == ["arm", "benchmark"]
+                 and "spread over Z" in t.header)
+    rows = {r[1]: r for r in table.rows}
+    csqa = rows["commonsense_qa"]
+    assert csqa[2].startswith("posterior: 40.0 (+10.0 pts")
+    assert csqa[3] == "one draw: 40.0 ± 2.1 sd over K=8 [38.0, 42.0]"
+    assert csqa[4].startswith("prior: 70.0 (+40.0 pts") and csqa[5].endswith("DISAGREE")
+    assert csqa[5].startswith("+30.0 pts [")
+    assert rows["gsm8k"][3] == "50.0 ± 1.4 SE over n=5 samples (sd 3.2)"
+    assert rows["gsm8k"][4] == "—"
+    banners = [b.text for b in doc.blocks if isinstance(b, Banner)]
+    assert any(b.startswith("Z PROTOCOLS DISAGREE: free-k0p5 on commonsense_qa") for b in banners)
+    assert not any("MIXED Z PROTOCOLS" in b for b in banners)
+    # The same protocols, item for item: no flag.
+    write_result(results / "s0" / "free-k0p5" / "commonsense_qa.json",
+                 _free_ll_result(_outcomes(0.40), _outcomes(0.40, shift=1), [0.4] * 8,
+                                 [0.4] * 8))
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    assert not any(isinstance(b, Banner) and "DISAGREE" in b.text for b in doc.blocks)
+
+
+def test_overhead_shows_the_measured_evaluation_time_per_arm_and_task(roots, tmp_path):
+    results, models = roots
+    for arm, wall, protocol in (("baseline", 10.0, None), ("free-k0p5", 42.0, 5)):
+        r = json.loads((results / "s0" / arm / "gsm8k.json").read_text())
+        r["wall_s"] = wall
+        if protocol:
+            r["protocol"].update(z_samples=protocol)
+        write_result(results / "s0" / arm / "gsm8k.json", r)
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    table = _table(doc, "evaluation time")
+    rows = {r[0]: r[1:] for r in table.rows}
+    assert rows["gsm8k"] == ["10 s (1 pass)", "42 s (n=5), 4.20x"]
+    assert rows["all benchmarks"] == ["11 s", "43 s"]

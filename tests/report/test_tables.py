@@ -7,9 +7,11 @@ from ftbench.report.tables import cell_text, main_table
 
 def _result(task, suite, metric, outcomes, *, limit=None, z="posterior", arch="baseline"):
     value = sum(outcomes.values()) / len(outcomes)
+    # As the runner records them: K draws for log-likelihood tasks, n samples otherwise.
+    count = "z_draws" if task in ("mmlu", "commonsense_qa") else "z_samples"
     protocol = {"arch": arch} if arch == "baseline" else {"arch": "free", "z_protocol": z,
-                                                          "z_draws": 1, "z_seed": 0}
-    return {"schema_version": 1, "task": task, "suite": suite, "harness": "test",
+                                                          count: 1, "z_seed": 0}
+    return {"schema_version": 2, "task": task, "suite": suite, "harness": "test",
             "metrics": {metric: {"value": value, "stderr": 0.0}},
             "per_item": {metric: outcomes}, "n_items": len(outcomes), "limit": limit,
             "data": {"mode": "offline", "files": {"f": "abc"}}, "model": {}, "protocol": protocol,
