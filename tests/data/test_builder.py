@@ -216,3 +216,44 @@ def test_bad_sources_say_what_is_wrong(data_dir, tmp_path):
     cfg = DataConfig(sources=[SourceConfig(kind="parquet", path=str(tmp_path / "bad.parquet"))])
     with pytest.raises(DataError, match="not a readable Parquet file"):
         prepare_data(cfg, 0, tmp_path / "o3", 100, log=quiet, progress=False)
+
+
+def test_hub_source_reads_a_seeded_choice_of_files_through_a_shuffle_buffer(
+        data_dir, tmp_path, monkeypatch):
+    """The hf path with the real `datasets` streaming reader, over local Parquet files
+    instead of the hub (no network here): each file is a unit, read through a seeded
+    shuffle buffer, so the sample is not the stream's first rows and is reproducible."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftbench.data import units
+
+    with gzip.open(data_dir / "corpus" / "tinystories_subset.jsonl.gz", "rt") as f:
+        rows = [json.loads(line)["text"] for _, line in zip(range(400), f)]
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"f{i}.parquet"))
+        pq.write_table(pa.table({"id": [f"row{j}" for j in range(i * 100, (i + 1) * 100)],
+                                 "text": rows[i * 100:(i + 1) * 100]}), files[-1])
+    monkeypatch.setattr(units, "_hf_stream", lambda src: datasets.load_dataset(
+        "parquet", data_files=files, split="train", streaming=True))
+    monkeypatch.delenv("FTBENCH_DATA_DIR", raising=False)
+    # datasets waits 5 s whenever a Parquet stream is closed early (an Arrow workaround):
+    # a fixed cost per unit at scale, only dead time in a test.
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    cfg = DataConfig(sources=[SourceConfig(kind="hf", hf_id="local/stories", shuffle_buffer=50)],
+                     val_fraction=0, tokenizer=TokenizerConfig(vocab_size=400, train_chars=50_000))
+    a = prepare_data(cfg, 0, tmp_path / "a", 20_000, log=quiet, progress=False)
+    first = json.loads((a.directory / a.meta["train"]["shards"][0]["path"]
+                        .replace(".train.bin", ".json")).read_text())
+    unit = first["unit"]["locator"]
+    assert unit["of"] == 4
+    # Not the stream's first rows: the first documents taken are a shuffle of that file.
+    ids = first["train_docs"]["ids"][:10]
+    order = [int(i[3:]) for i in ids]
+    assert len(order) == 10 and order != sorted(order)
+    assert a.meta["sources"][0]["tokens"] == 20_000
+    unit = units.Unit.from_json(first["unit"])  # reproducible: the same seed, the same order
+    again = [d.id for d in units.read_unit(unit, cfg.sources[0], 0)]
+    assert again[:len(first["train_docs"]["ids"])] == first["train_docs"]["ids"]
