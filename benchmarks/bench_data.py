@@ -117,7 +117,9 @@ def run_measured(args: list[str]) -> dict:
                     pss += m.pss
                     rss += m.rss
                     t = p.cpu_times()
-                    cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                    # Own time only: a worker reaped by the pool would otherwise be
+                    # counted twice (its pid and its parent's children_* times).
+                    cpu[p.pid] = t.user + t.system
                 except psutil.NoSuchProcess:
                     pass
             peak, peak_rss = max(peak, pss), max(peak_rss, rss)
