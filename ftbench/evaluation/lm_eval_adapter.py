@@ -31,8 +31,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ftbench.evaluation.scoring import (BASELINE_KEY, Score, ZProtocol, context_key,
-                                        score_requests, stream_generator)
+from ftbench.evaluation.scoring import (BASELINE_KEY, FREE_Z_DRAWS, Score, ZProtocol,
+                                        context_key, score_requests, stream_generator)
 from ftbench.inference.generation import SamplingConfig, generate
 from ftbench.training.distributed import DistContext, init_distributed
 from ftbench.training.export import load_pretrained
@@ -41,7 +41,8 @@ from ftbench.training.export import load_pretrained
 @register_model("ftbench")
 class FtbenchLM(TemplateLM):
     def __init__(self, path: str | None = None, model=None, tokenizer=None,
-                 batch_size: int | str = 8, z_protocol: str = "posterior", z_draws: int = 1,
+                 batch_size: int | str = 8, z_protocol: str = "posterior",
+                 z_draws: int | None = None,
                  z_seed: int = 0, protocols: str | tuple[str, ...] | None = None,
                  z_samples: int = 1, temperature: float = 0.0, max_gen_toks: int = 256,
                  device: str | None = None, amp: str | None = "auto",
@@ -63,7 +64,11 @@ class FtbenchLM(TemplateLM):
             model, tokenizer, _ = load_pretrained(path, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
-        self.z = ZProtocol(z_protocol, int(z_draws), int(z_seed))
+        # K draws by default for Free models; z_samples stays 1 because a plain lm-eval run
+        # reads one sample per request (`ftbench eval` makes the n passes).
+        draws = int(z_draws) if z_draws is not None else (
+            FREE_Z_DRAWS if self.model.arch == "free" else 1)
+        self.z = ZProtocol(z_protocol, draws, int(z_seed))
         if isinstance(protocols, str):
             protocols = tuple(p.strip() for p in protocols.split(",") if p.strip())
         self.protocols = tuple(dict.fromkeys((z_protocol, *(protocols or ()))))

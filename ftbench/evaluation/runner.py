@@ -12,6 +12,7 @@ from ftbench.data.mirror import go_offline, resolve_data_dir
 from ftbench.evaluation.lm_eval_tasks import LM_EVAL_TASKS, build_task_dir, data_fingerprint
 from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha256, git_state,
                                         library_versions, now_iso, read_result, write_result)
+from ftbench.evaluation.scoring import FREE_Z_DRAWS
 from ftbench.training.distributed import DistContext, barrier
 
 T = TypeVar("T")
@@ -26,7 +27,6 @@ class EvalError(RuntimeError):
 
 
 # The protocol defaults for Free arms (shared/docs/free-transformer.md section 9.3).
-FREE_Z_DRAWS = 8
 FREE_Z_SAMPLES = 5
 LL_ESTIMATOR = ("log-mean-exp over K Z draws of p(continuation | context, Z): estimates "
                 "log E_Z p, biased low (Jensen), less so as K grows; draws shared by an "

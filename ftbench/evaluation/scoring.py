@@ -40,6 +40,8 @@ from ftbench.model.binary_mapper import sample_codes
 
 Protocol = Literal["posterior", "prior"]
 PROTOCOLS: tuple[str, ...] = ("posterior", "prior")
+FREE_Z_DRAWS = 8
+"""Z draws per log-likelihood item for Free models (shared/docs/free-transformer.md 9.3)."""
 BASELINE_KEY = "baseline"
 """score_requests' key for a baseline, which has no Z protocol."""
 
@@ -255,8 +257,8 @@ def _packed_continuations(groups: list[_Group], n_ctx: list[int], Tc: int, devic
             owner[gi, at:at + n] = ci
             at += n
     slot = torch.arange(P)
-    own_GPP = ((owner[:, :, None] == owner[:, None, :]) & (slot[None, None, :] <= slot[None, :, None])
-               & valid[:, None, :])
+    same_GPP = owner[:, :, None] == owner[:, None, :]
+    own_GPP = same_GPP & (slot[None, None, :] <= slot[None, :, None]) & valid[:, None, :]
     return tokens.to(device), valid.to(device), positions.to(device), own_GPP, starts
 
 

@@ -116,12 +116,12 @@ def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
                    "other protocol: score, gain", "other − headline"], table))
     for r in rows:
         if r.disagree:
+            c = r.between
             doc.add(Banner(f"Z PROTOCOLS DISAGREE: {r.arm} on {r.task}: {r.other} scores "
-                           f"{100 * r.between.other:.1f} and {r.headline} "
-                           f"{100 * r.between.baseline:.1f} (paired difference "
-                           f"{100 * r.between.diff:+.1f} pts, 95 % CI [{100 * r.between.ci_low:+.1f}, "
-                           f"{100 * r.between.ci_high:+.1f}]); the comparison with the baseline "
-                           "depends on the protocol."))
+                           f"{100 * c.other:.1f} and {r.headline} {100 * c.baseline:.1f} "
+                           f"(paired difference {100 * c.diff:+.1f} pts, 95 % CI "
+                           f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]); the comparison "
+                           "with the baseline depends on the protocol."))
 
 
 def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:

@@ -19,8 +19,10 @@ def test_two_ranks_score_like_one_process(tmp_path, data_dir):
     arms = [str(run_dir(cfg) / a) for a in ("baseline", "free-k0p5")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # 5 items and batch size 2: the ranks get unequal shares (lm-eval pads the short one).
+    # Two Z draws and two samples keep it cheap and still exercise the replica passes.
     common = ["eval", *arms, "--suite", "gsm8k,commonsense_qa,humanevalplus", "--limit", "5",
-              "--batch-size", "2", "--data-dir", str(data_dir), "--z-draws", "2"]
+              "--batch-size", "2", "--data-dir", str(data_dir), "--z-draws", "2",
+              "--n-samples", "2"]
     single = subprocess.run([sys.executable, "-m", "ftbench", *common, "--results",
                              str(tmp_path / "single")], env=env, capture_output=True, text=True,
                             timeout=600)
@@ -38,6 +40,8 @@ def test_two_ranks_score_like_one_process(tmp_path, data_dir):
             assert b["world_size"] == 2 and a["world_size"] == 1
             assert a["n_items"] == b["n_items"] == 5
             assert a["per_item"] == b["per_item"], (arm, task)
+            assert a.get("protocols") == b.get("protocols") and \
+                a.get("spread") == b.get("spread"), (arm, task)
             assert {k: v["value"] for k, v in a["metrics"].items()} == \
                 {k: v["value"] for k, v in b["metrics"].items()}
         samples = [(tmp_path / d / cfg.run.name / arm / "humanevalplus.samples.jsonl").read_text()

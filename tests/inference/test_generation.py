@@ -138,4 +138,5 @@ def test_row_streams_make_each_row_independent_of_its_batch(toy_pair, protocol):
                                        atol=1e-10)
     other = generate(free, PROMPTS[:1], cfg, z_protocol=protocol, z_streams=streams([7]),
                      token_streams=streams([11]))
-    assert not torch.equal(other.z_BS[0], batched.z_BS[0, P - len(PROMPTS[0]):][:other.z_BS.shape[1]])
+    first_row = batched.z_BS[0, P - len(PROMPTS[0]):]
+    assert not torch.equal(other.z_BS[0], first_row[:other.z_BS.shape[1]])
