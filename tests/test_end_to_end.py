@@ -1,11 +1,13 @@
 """The demo pipeline as CI runs it: train the toy pair on the offline mirror, evaluate it on
 every suite with a small limit, build the report, then check what came out.
 
-The bounds were recorded from `make demo` on the 2-core CPU (toy config, seed 0, 150
-steps): final training loss 5.399 (baseline) / 5.451 (Free), validation CE 6.007 /
-prior-Z CE 6.053, Free KL 0.214 bit/token under kappa = 0.5 bit. They leave about 0.2 nats
-of slack: a regression that costs more than that, or a latent that collapses (KL below
-0.05 bit) or escapes its budget, fails here.
+The bounds were recorded from the toy config on the 2-core CPU (seed 0, 150 steps, the
+token-budget data of issue 10: 307,201 training tokens read once): mean training loss of
+the last 10 steps 6.290 (baseline) / 6.238 (Free) from 8.33, validation CE 6.622 / prior-Z
+CE 6.530, Free KL 0.228 bit/token under kappa = 0.5 bit. The last 10 steps, not the last
+batch, because one batch of 16 sequences moves by 0.1-0.2 nats. They leave about 0.2
+nats of slack: a regression that costs more than that, or a latent that collapses (KL
+below 0.05 bit) or escapes its budget, fails here.
 """
 
 import json
@@ -53,9 +55,10 @@ def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
     run = tmp_path / "models" / "toy"
     base, free = (_metrics(run / arm / "metrics.jsonl") for arm in ARMS)
     assert len(base) == len(free) == 150
-    assert base[-1]["loss"] < 5.6 and base[0]["loss"] - base[-1]["loss"] > 2.0
-    assert free[-1]["loss"] < 5.65 and free[0]["loss"] - free[-1]["loss"] > 2.0
-    assert base[-1]["val_ce"] < 6.2 and free[-1]["val_ce_prior"] < 6.25
+    end_base, end_free = (sum(r["loss"] for r in m[-10:]) / 10 for m in (base, free))
+    assert end_base < 6.5 and base[0]["loss"] - end_base > 1.8
+    assert end_free < 6.45 and free[0]["loss"] - end_free > 1.8
+    assert base[-1]["val_ce"] < 6.85 and free[-1]["val_ce_prior"] < 6.75
     kappa = free[-1]["kappa_bits"]
     assert kappa == 0.5 and 0.05 < free[-1]["kl_bits"] <= kappa + 0.1
     assert free[-1]["frac_above_kappa"] <= 0.1
