@@ -87,6 +87,8 @@ class FtbenchLM(TemplateLM):
         self.samples: dict[tuple, list[str]] = {}
         """(context, gen_kwargs) -> the z_samples texts generated for it."""
         self.gen_stats = {"new_tokens": 0, "seconds": 0.0}
+        self.score_seconds = 0.0
+        """Time spent scoring log-likelihoods (the model's share of a task's wall time)."""
 
     @property
     def headline(self) -> str:
@@ -138,6 +140,7 @@ class FtbenchLM(TemplateLM):
     def _score(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[dict]:
         out = []
         chunk = self.batch_size * 8
+        t0 = time.perf_counter()
         for s in tqdm(range(0, len(pairs), chunk), disable=disable_tqdm or self.rank != 0,
                       desc="loglikelihood"):
             res = score_requests(self.model, pairs[s:s + chunk], protocols=self.protocols,
@@ -145,6 +148,7 @@ class FtbenchLM(TemplateLM):
                                  batch_size=self.batch_size, max_length=self.max_length,
                                  amp=self.amp)
             out += [{k: v[i] for k, v in res.items()} for i in range(len(pairs[s:s + chunk]))]
+        self.score_seconds += time.perf_counter() - t0
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):

@@ -13,7 +13,7 @@
       "protocol": {"arch": "free", "z_protocol": "posterior", "z_draws": 8, "z_seed": 0,
                    "protocols": ["posterior", "prior"], "estimator": "log-mean-exp ..."},
       "seed": 0, "fewshot_seed": 0, "versions": {...}, "git": {"commit": ..., "dirty": ...},
-      "wall_s": 12.3, "created": "2026-11-25T02:00:00Z",
+      "wall_s": 12.3, "model_s": 4.1, "created": "2026-11-25T02:00:00Z",
       # Free arms (schema 2, optional):
       "protocols": {"prior": {"metrics": {...}, "per_item": {...}, "n_items": 1319}},
       "spread": {"kind": "z_draws", "n": 8, "metric": "acc,none",
@@ -23,6 +23,8 @@
 Top-level metrics and per-item outcomes are the headline protocol's (`protocol`); the
 other Z protocol of a log-likelihood task is in "protocols", scored from the same pass.
 "spread" holds the per-draw (log-likelihood) or per-sample (generation) scores.
+"model_s" (optional) is the part of wall_s spent in the model (scoring, generation) on
+rank 0: wall_s also holds the harness and one-time costs (EvalPlus's ground truth).
 Per-item outcomes keep the document ids, so two arms can be compared item by item.
 Schema 1 files (no protocol blocks, no spread) are still read.
 """

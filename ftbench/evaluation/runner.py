@@ -160,6 +160,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
 
     if arch == "oracle":
         return lm_eval_result(lm, task, task_dir, s)
+    lm.score_seconds = 0.0
     if LM_EVAL_TASKS[task].generative:
         lm.gen_stats = {"new_tokens": 0, "seconds": 0.0}
         passes = []
@@ -176,9 +177,12 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                                                if seconds > 0 else None),
                               "batch_size": s.batch_size, "world_size": lm.world_size,
                               "device": str(lm.device)}
+        body["model_s"] = seconds
         return body
     body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
     if arch != "free":
+        if body is not None:
+            body["model_s"] = lm.score_seconds
         return body
     others = {}
     for protocol in lm.protocols[1:]:
@@ -195,6 +199,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
     if body is None:
         return None
     samples = body.pop("_samples")
+    body["model_s"] = lm.score_seconds
     per_draw, why = draw_spread(samples, scores, lm.headline, list(lm.protocols), lm.z.draws)
     body["protocols"] = others
     body["spread"] = ({"kind": "z_draws", "n": lm.z.draws, "metric": "acc,none",
@@ -246,6 +251,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
 
     return {"metrics": metrics, "per_item": per_item, "n_items": len(problems),
             **({"spread": spread} if spread else {}),
+            **({"model_s": generation["seconds"]} if generation else {}),
             "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",
             "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"],
             "generation": generation}

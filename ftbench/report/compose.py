@@ -229,11 +229,13 @@ def _eval_time_table(doc: Document, arms: list[ArmResults]) -> None:
     header, rows = eval_time_rows(arms)
     if not rows:
         return
-    doc.add(Paragraph("Measured evaluation time per arm and benchmark (wall time of `ftbench "
-                      "eval` for that results file, on the device it ran on), with what the "
-                      "protocol asked for: K Z draws and the Z protocols scored for "
-                      "log-likelihood tasks, n samples for generative ones. The ratio is "
-                      "Free/baseline: what the protocol costs on top of the model."),
+    doc.add(Paragraph("Measured evaluation time per arm and benchmark: the wall time of "
+                      "`ftbench eval` for that results file (harness and one-time costs "
+                      "included, such as EvalPlus's ground truth for the first arm), the time "
+                      "spent in the model (scoring, generation), and what the protocol asked "
+                      "for: K Z draws and the Z protocols scored for log-likelihood tasks, n "
+                      "samples for generative ones. The ratio is Free/baseline, on model time "
+                      "when both arms recorded it: what the protocol costs."),
             Table(header, rows))
 
 

@@ -110,6 +110,7 @@ def test_eval_cli_runs_a_pair_with_the_default_protocol_and_resumes(toy_pair_dir
             r = read_result(tmp_path / run / arm / f"{task}.json")
             assert r["model"]["arm"] == arm and r["limit"] == 2 and r["n_items"] == 2
             assert r["schema_version"] == 2 and r["fewshot_seed"] == 0
+            assert 0 < r["model_s"] < r["wall_s"]  # the model's share of the time
     # Free arms: K = 8 draws under both protocols (log-likelihood), n = 5 samples (generation).
     csqa = read_result(tmp_path / run / "free-k0p5" / "commonsense_qa.json")
     assert csqa["protocol"] == {"arch": "free", "z_protocol": "posterior", "z_draws": 8,

@@ -208,14 +208,18 @@ def test_protocols_side_by_side_with_the_spread_and_a_disagreement_flag(roots, t
 
 def test_overhead_shows_the_measured_evaluation_time_per_arm_and_task(roots, tmp_path):
     results, models = roots
-    for arm, wall, protocol in (("baseline", 10.0, None), ("free-k0p5", 42.0, 5)):
+    for arm, wall, model_s, protocol in (("baseline", 10.0, 2.0, None),
+                                         ("free-k0p5", 42.0, 9.0, 5)):
         r = json.loads((results / "s0" / arm / "gsm8k.json").read_text())
-        r["wall_s"] = wall
+        r["wall_s"], r["model_s"] = wall, model_s
         if protocol:
             r["protocol"].update(z_samples=protocol)
         write_result(results / "s0" / arm / "gsm8k.json", r)
     doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
     table = _table(doc, "evaluation time")
     rows = {r[0]: r[1:] for r in table.rows}
-    assert rows["gsm8k"] == ["10 s (1 pass)", "42 s (n=5), 4.20x"]
-    assert rows["all benchmarks"] == ["11 s", "43 s"]
+    assert rows["gsm8k"] == ["10 s (model 2.0 s); 1 pass",
+                             "42 s (model 9.0 s); n=5; 4.50x (model)"]
+    # Without the model's share, the ratio falls back on wall times.
+    assert rows["humanevalplus"] == ["1 s; 1 pass", "1 s; n=1; 1.00x (wall)"]
+    assert rows["all benchmarks"] == ["11 s (model 2.0 s)", "43 s (model 9.0 s)"]
