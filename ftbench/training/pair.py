@@ -13,6 +13,7 @@ import torch
 from ftbench.config.loader import dump_pair_config
 from ftbench.config.schema import PairConfig
 from ftbench.data.budget import check_repetition, planned_tokens
+from ftbench.data.mirror import resolve_data_dir
 from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
@@ -72,6 +73,7 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     root = run_dir(cfg)
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
+    resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
         data = prepare_for_run(cfg, log=log)
@@ -83,7 +85,9 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     fingerprints = {arm.name: arm_fingerprint(cfg, arm, data.meta["key"]) for arm in arms}
     done = {arm.name: meta for arm in arms
             if (meta := _finished(root / arm.name, fingerprints[arm.name], cfg, data.meta["key"]))}
-    if ctx.is_main:  # after the checks: a refused run leaves the old pair.yaml in place
+    # After the checks: a refused run leaves the old pair.yaml in place, and so does a rerun
+    # that has nothing left to train (its settings may name another mirror).
+    if ctx.is_main and len(done) < len(arms):
         tmp = root / "pair.yaml.tmp"
         tmp.write_text(dump_pair_config(cfg))
         tmp.replace(root / "pair.yaml")

@@ -3,6 +3,8 @@ import json
 import pytest
 import torch
 
+from ftbench.data.errors import DataError
+
 import ftbench.training.loop as loop
 from ftbench.data.pipeline import prepare_data
 from ftbench.data.sampler import BatchSampler
@@ -75,8 +77,15 @@ def test_train_pair_exports_loadable_models_and_skips_finished_arms(tmp_path):
     logits = model(x).logits_BTV
     assert torch.isfinite(logits).all()
     logs = []
+    recorded = (root / "pair.yaml").read_bytes()
+    cfg.run.checkpoint_every = 2  # a recorded setting that the trained arms do not depend on
     train_pair(cfg, log=logs.append, ctx=CTX)
     assert sum("already trained" in m for m in logs) == 2
+    assert (root / "pair.yaml").read_bytes() == recorded  # nothing trained: nothing rewritten
+    cfg.data.data_dir = str(tmp_path / "absent")
+    with pytest.raises(DataError, match="absent.*does not exist"):
+        train_pair(cfg, log=_quiet, ctx=CTX)
+    cfg.data.data_dir, cfg.run.checkpoint_every = "", 3
     # Other settings under the same run name: refused before anything is overwritten.
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     cfg.optim.lr = 1e-2
