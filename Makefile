@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml
 # The data mirror (laid out like shared/data); the demo and the tests read it offline.
 DATA_DIR ?= ../shared/data
 
-## The main job: the toy demo (cost accounting, a toy pair trained on the mirror, then
-## evaluated on every suite with a small limit, then the Markdown report).
+## The main job: the toy demo (cost accounting, a toy pair trained on the mirror, its
+## training data checked for benchmark overlap, the pair evaluated on every suite with a
+## small limit, then the report).
 demo: $(STAMP)
 	$(BIN)/ftbench info --size toy
 	$(BIN)/ftbench train-pair --size toy --data-dir $(DATA_DIR)
+	$(BIN)/ftbench data contamination --size toy --data-dir $(DATA_DIR)
 	$(BIN)/ftbench eval models/toy/baseline models/toy/free-k0p5 --suite code,math,qa \
 		--limit 10 --data-dir $(DATA_DIR)
 	$(BIN)/ftbench report toy

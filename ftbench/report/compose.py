@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ftbench.report import plots
 from ftbench.report.collect import HEADLINE, ArmResults, ReportError, banners, collect
+from ftbench.report.contamination import contamination_blocks
 from ftbench.report.document import (Banner, Bullets, Document, Figure, Heading, Paragraph,
                                      Preformatted, Table)
 from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, eval_time_rows,
@@ -57,6 +58,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     _replicas_section(doc, arms)
     _overhead_section(doc, arms, costs, figures_dir)
     _training_section(doc, arms, inp.models_root, figures_dir)
+    doc.add(*contamination_blocks(inp.models_root, sorted({a.run for a in arms})))
     _appendix(doc, arms, inp.models_root)
 
 
