@@ -194,7 +194,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                                 "n_items": alt["n_items"]}
     # Under torchrun each rank holds the per-draw scores of its own share of the items.
     scores = {}
-    for part in lm.gather_object(lm.scores_by_text):
+    for part in lm.gather_object(lm.scores_by_text) or []:  # None on ranks other than 0
         scores.update(part or {})
     if body is None:
         return None
