@@ -90,6 +90,12 @@ class FtbenchLM(TemplateLM):
         self.score_seconds = 0.0
         """Time spent scoring log-likelihoods (the model's share of a task's wall time)."""
 
+    def forget(self) -> None:
+        """Drop the stored per-draw scores and samples (kept only for a task's replays)."""
+        self.scores.clear()
+        self.scores_by_text.clear()
+        self.samples.clear()
+
     @property
     def headline(self) -> str:
         return self.z.protocol if self.model.arch == "free" else BASELINE_KEY

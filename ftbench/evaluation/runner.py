@@ -160,6 +160,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
 
     if arch == "oracle":
         return lm_eval_result(lm, task, task_dir, s)
+    lm.forget()  # stored scores and samples serve this task's replays only
     lm.score_seconds = 0.0
     if LM_EVAL_TASKS[task].generative:
         lm.gen_stats = {"new_tokens": 0, "seconds": 0.0}
