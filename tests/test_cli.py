@@ -106,3 +106,19 @@ def test_data_commands_prepare_verify_trace_and_measure_contamination(tmp_path, 
     result = runner.invoke(app, ["data", "verify", "--size", "toy", "--set",
                                  f"run.out_dir={tmp_path / 'none'}"])
     assert result.exit_code == 2 and "run `ftbench data prepare`" in result.output
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"just a string\n", "not a string"), (b"- toy\n", "not a list"),
+    (b"size: toy\n\xff\xfe\n", "not UTF-8 text"), (b"", "is empty"),
+])
+@pytest.mark.parametrize("extra", [[], ["--set", "run.steps=3"], ["--data-dir", "."]])
+def test_config_errors_are_one_line_with_exit_2(tmp_path, content, message, extra):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    for command in (["train-pair"], ["data", "verify"]):
+        result = runner.invoke(app, [*command, "--config", str(path), *extra])
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: config:") and message in lines[0]

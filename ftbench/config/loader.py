@@ -135,25 +135,57 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = parse_override(item)
         node = data
         for part in path[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # `run:` with nothing under it reads as null
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
         node[path[-1]] = value
     return data
 
 
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The top-level mapping of a config file; every way it can be unusable is a ConfigError.
+
+    Checked here, before any override is applied: an override walks the mapping, so a file
+    holding a string or a list would otherwise fail deep inside with a Python error.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: no such file {str(p)!r}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config: {p} is not UTF-8 text (line {line}, byte {e.start}: "
+                          f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {p} ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        # PyYAML's messages span lines; one line keeps the error a single readable line.
+        raise ConfigError(f"config: {p} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        # An empty file would otherwise train a full default run that nobody asked for.
+        raise ConfigError(f"config: {p} is empty (or only comments); give at least "
+                          "`size: <preset>`, e.g. copy configs/toy.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {p} must hold a mapping of sections (size, model, data, "
+                          f"optim, latent, run) at the top level, not a "
+                          f"{_yaml_kind(data)}; see configs/toy.yaml")
+    return data
+
+
+def _yaml_kind(value) -> str:
+    return {str: "string", list: "list", int: "number", float: "number",
+            bool: "boolean"}.get(type(value), type(value).__name__)
+
+
 def load_pair_config(path: str | os.PathLike | None = None, *, size: str | None = None,
                      overrides: list[str] = ()) -> PairConfig:
     """A config file (or the preset `size` alone), then dotted overrides, validated."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config: no such file {str(p)!r}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+    data: dict = read_config_file(path) if path is not None else {}
     if size is not None:
         data["size"] = size
     return pair_config_from_dict(apply_overrides(data, list(overrides)))

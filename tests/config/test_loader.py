@@ -55,3 +55,27 @@ def test_character_budget_of_earlier_versions_points_to_tokens(tmp_path):
     with pytest.raises(ConfigError, match="data.total_chars: data budgets are in tokens now: "
                                           "use data.train_tokens"):
         load_pair_config(old)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"just a string\n", r"must hold a mapping .* not a string"),
+    (b"- toy\n- small\n", r"must hold a mapping .* not a list"),
+    (b"42\n", r"must hold a mapping .* not a number"),
+    (b"size: toy\nrun: {name: caf\xe9}\n", r"is not UTF-8 text \(line 2, byte 25: b'\\xe9'\)"),
+    (b"", r"is empty .*size: <preset>"),
+    (b"# only a comment\n", r"is empty"),
+])
+@pytest.mark.parametrize("overrides", [[], ["run.steps=3"]])
+def test_unusable_files_are_config_errors_with_or_without_overrides(tmp_path, content, message,
+                                                                    overrides):
+    # The overrides walk the mapping: they used to meet a string and raise AttributeError.
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_pair_config(path, overrides=overrides)
+
+
+def test_an_empty_section_takes_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("size: toy\nrun:\n")
+    assert load_pair_config(path, overrides=["run.steps=3"]).run.steps == 3
