@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import torch
 
 from ftbench.config.schema import PairConfig
 from ftbench.data.sampler import BatchSampler
+from ftbench.diagnostics.latent_info import LatentInfoAccumulator
 from ftbench.model.accounting import model_cost
 from ftbench.model.factory import build_model, init_weights, param_seed
 from ftbench.objective import free_transformer_loss, lm_loss, nats_to_bits
@@ -45,6 +47,11 @@ class ArmResult:
     peak_memory_bytes: int | None
     wall_s: float
     model: torch.nn.Module = field(repr=False, default=None)
+    cpu_s_per_token: float | None = None
+    """Median over steady steps of this process's CPU time per token it trained: less
+    sensitive than wall time to other jobs on a CPU machine (on a GPU it is host time)."""
+    load_avg: float | None = None
+    """Mean 1-minute load average over the steps: how busy the machine was."""
 
 
 def autocast_dtype(cfg: PairConfig, device: torch.device) -> torch.dtype | None:
@@ -81,7 +88,12 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
              amp: torch.dtype | None) -> dict:
     """Comparable likelihood bounds only: the baseline's CE; for a Free model, CE under
     prior Z and the ELBO (posterior CE + unhinged KL). Posterior CE alone is not a
-    likelihood (the encoder saw the targets) and is not reported as one."""
+    likelihood (the encoder saw the targets) and is not reported as one.
+
+    Free models also get what the latent carries, not only what it costs: the mutual
+    information estimate of ftbench.diagnostics.latent_info (val_mi_bits, an upper bound
+    per token; val_mi_content_bits, beyond the position) and the spread of the encoder's
+    bit logits across positions (val_logit_std)."""
     model.eval()
     T = cfg.data.seq_len
     n_windows = (len(val) - 1) // T
@@ -91,6 +103,7 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     per_rank = max(1, cfg.run.batch_size // ctx.world)
     sums: dict[str, float] = {}
     count = 0
+    latent = LatentInfoAccumulator() if arm.arch == "free" else None
     for b in range(cfg.run.val_batches):
         rows = [(b * cfg.run.batch_size + ctx.rank * per_rank + j) % n_windows
                 for j in range(per_rank)]
@@ -104,6 +117,7 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
                 u = z_uniforms(cfg.run.seed, "val-post", rows_range, T, arm.model.latent_bits,
                                ctx.device)
                 post = model(x, z_uniform_BTH=u)
+                latent.add(post.latent_logits_BTH)
                 ce_post = free_transformer_loss(post.logits_BTV, y, post.kl_BT, 0.0)
                 g = torch.Generator().manual_seed(param_seed(cfg.run.seed, f"val-prior/{first}"))
                 z_prior = torch.randint(0, arm.model.n_codes, x.shape, generator=g).to(ctx.device)
@@ -117,7 +131,16 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
             sums[k] = sums.get(k, 0.0) + float(all_reduce_mean(v.detach().float(), ctx))
         count += 1
     model.train()
-    return {f"val_{k}": v / count for k, v in sums.items()}
+    out = {f"val_{k}": v / count for k, v in sums.items()}
+    if latent is not None:
+        # Sums from every rank (their mean: the estimate uses ratios of sums only).
+        latent.load_tensors([None if t is None else all_reduce_mean(t, ctx)
+                             for t in latent.tensors()])
+        info = latent.result()
+        out.update(val_mi_bits=info.mi_bits, val_logit_std=info.logit_std)
+        if info.mi_content_bits is not None:
+            out["val_mi_content_bits"] = info.mi_content_bits
+    return out
 
 
 class MetricsLog:
@@ -191,10 +214,10 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     tokens_per_step = r.batch_size * cfg.data.seq_len
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(ctx, step, r.steps, arm.name)
-    rates = []
+    rates, cpu_per_token, loads = [], [], []
     val = {}
     while step < r.steps:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lr = lr_at(step, cfg.optim, r.steps)
         for group in optim.param_groups:
             group["lr"] = lr
@@ -223,7 +246,15 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         dt = time.perf_counter() - t0
         rate = tokens_per_step / dt
         rates.append(rate)
+        # CPU time counts only this process's work, so other jobs on the machine inflate it
+        # far less than wall time; with the load average it tells a measurement from noise.
+        cpu = (time.process_time() - c0) / (per_rank * cfg.data.seq_len)
+        cpu_per_token.append(cpu)
+        load = _load_average()
+        if load is not None:
+            loads.append(load)
         record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": rate,
+                  "cpu_s_per_token": cpu, "load_avg": load,
                   "mfu": flops_per_token * rate / peak / ctx.world if peak else None,
                   "peak_memory_bytes": memory.peak()}
         record.update({k: float(all_reduce_mean(torch.tensor(v), ctx)) for k, v in totals.items()})
@@ -242,9 +273,19 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     progress(None, None)
     steady = rates[len(rates) // 4:] or rates  # skip warm-up steps in the summary
     tps = float(np.median(steady)) if steady else 0.0
+    cpu_steady = cpu_per_token[len(cpu_per_token) // 4:] or cpu_per_token
     return ArmResult(arm.name, step, val, tps,
                      flops_per_token * tps / peak / ctx.world if peak and tps else None,
-                     memory.peak(), time.perf_counter() - t_start, model)
+                     memory.peak(), time.perf_counter() - t_start, model,
+                     cpu_s_per_token=float(np.median(cpu_steady)) if cpu_steady else None,
+                     load_avg=float(np.mean(loads)) if loads else None)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def _progress(ctx: DistContext, start: int, total: int, name: str):
@@ -267,11 +308,28 @@ def _progress(ctx: DistContext, start: int, total: int, name: str):
             bar.set_postfix(post)
         return update
     every = max(1, total // 10)
+    t_start = time.monotonic()
 
     def lines(step, record):
         if step is not None and (step % every == 0 or step == total):
             extra = f" kl {record['kl_bits']:.3f} bits" if "kl_bits" in record else ""
             vals = " ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
-            print(f"{name}: step {step}/{total} loss {record['loss']:.4f}{extra} "
-                  f"{record['tokens_per_s']:.0f} tok/s {vals}", file=sys.stderr, flush=True)
+            elapsed = time.monotonic() - t_start
+            # A log has no live bar: each line says how long it took and how long is left.
+            done = step - start
+            eta = elapsed / done * (total - step) if done > 0 else None
+            parts = [f"{name}: step {step}/{total} loss {record['loss']:.4f}{extra}",
+                     f"{record['tokens_per_s']:.0f} tok/s", vals,
+                     f"[elapsed {_clock(elapsed)}, ETA {_clock(eta)}]"]
+            print(" ".join(p for p in parts if p), file=sys.stderr, flush=True)
     return lines
+
+
+def _clock(seconds: float | None) -> str:
+    """h:mm:ss (or m:ss), '?' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

@@ -1,0 +1,1 @@
+"""Diagnostics computed from a model or its outputs (not from results files)."""
