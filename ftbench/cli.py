@@ -8,14 +8,15 @@ from typing import Optional
 
 import typer
 
-from ftbench.model.config import ConfigError
+# Nothing here imports torch at module level (ftbench.model does, through its package):
+# `ftbench --help` and `--version` would otherwise spend seconds loading it.
 
 app = typer.Typer(
     name="ftbench",
     help="Does the Free Transformer beat a matched standard decoder on code, math and QA "
          "at your scale, and at what cost?\n\nTypical flow: `ftbench info --size toy`, "
-         "`ftbench train-pair --size toy`, `ftbench eval models/<run>/* --suite code,math,qa`, "
-         "`ftbench report <run>`.",
+         "`ftbench train-pair --size toy`, `ftbench eval models/toy --suite code,math,qa` "
+         "(a run folder: all its arms), `ftbench report toy`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -28,6 +29,23 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ftbench import __version__
+
+        typer.echo(f"ftbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Does the Free Transformer beat a matched standard decoder on code, math and QA at
+    your scale, and at what cost?"""
+
+
 def _human(n: float) -> str:
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -37,26 +55,40 @@ def _human(n: float) -> str:
 
 @app.command()
 def info(
-    size: str = typer.Option(..., "--size", "-s", help="Preset name: see `ftbench presets`."),
+    trained: Optional[Path] = typer.Argument(
+        None, help="A trained run folder (models/<run>) or arm: count the model it holds."),
+    size: Optional[str] = typer.Option(
+        None, "--size", "-s", help="What `train-pair --size NAME` trains: configs/NAME.yaml "
+                                   "(its tokenizer's vocabulary and data.seq_len), else the "
+                                   "preset (see `ftbench presets`)."),
+    vocab: Optional[int] = typer.Option(
+        None, "--vocab", help="Vocabulary size to assume instead (the embedding and output "
+                              "head scale with it)."),
     seq_len: Optional[int] = typer.Option(
-        None, help="Sequence length for the attention FLOPs (default: the preset's max_seq_len)."),
+        None, help="Sequence length for the attention FLOPs (default: the run's data.seq_len, "
+                   "else the preset's max_seq_len)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Parameters, FLOPs per token and the Free model's overhead for a size preset.
+    """Parameters, FLOPs per token and the Free model's overhead, for a size or a trained run.
 
-    Nothing is allocated: models are built on the meta device.
+    The vocabulary and sequence length used are printed with where they come from; with
+    the same ones, these are the numbers of the report's overhead table. Nothing is
+    allocated: models are built on the meta device.
     """
     from ftbench.api import model_info
+    from ftbench.model.config import ConfigError
 
     try:
-        data = model_info(size, seq_len)
+        data = model_info(size, seq_len, vocab_size=vocab, trained=trained)
     except ConfigError as e:
         _fail(str(e))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     b, f, o = data["baseline"], data["free"], data["free_overhead"]
-    typer.echo(f"preset {data['size']}  (sequence length {data['seq_len']} for attention FLOPs)")
+    typer.echo(f"{'run' if trained is not None else 'preset'} {data['size']}: vocabulary "
+               f"{data['vocab_size']:,} ({data['vocab_from']}); sequence length "
+               f"{data['seq_len']:,} for attention FLOPs ({data['seq_len_from']})")
     rows = [
         ("parameters, total", b["params_total"], f["params_total"], o["params_total"]),
         ("  without post-sampler", b["params_total"],
@@ -121,6 +153,7 @@ def train_pair(
     e.g. `torchrun --nproc_per_node=8 -m ftbench train-pair --size 1.5b`.
     """
     from ftbench.api import resolve_pair_config
+    from ftbench.model.config import ConfigError
 
     try:
         cfg = resolve_pair_config(config, size, list(overrides), data_dir)
@@ -174,16 +207,23 @@ def _echo_budget(d: dict) -> None:
 @app.command()
 def export(
     model_dir: Path = typer.Argument(..., help="An exported arm, e.g. models/toy/baseline."),
-    hf: Path = typer.Option(..., "--hf", help="Write a Hugging Face LlamaForCausalLM folder here."),
+    hf: Path = typer.Option(..., "--hf", help="Write a Hugging Face LlamaForCausalLM folder here "
+                                              "(new or empty)."),
+    force: bool = typer.Option(False, "--force", help="Replace a folder that holds an earlier "
+                               "Hugging Face export (nothing else is ever replaced)."),
 ) -> None:
     """Export a trained baseline as a Hugging Face Llama folder (config, safetensors,
-    tokenizer) that `transformers` loads offline. Free models have no such equivalent."""
-    from ftbench.interop.hf_llama import export_hf
+    tokenizer) that `transformers` loads offline. Free models have no such equivalent.
+
+    The folder is written beside its destination and moved into place when complete, so
+    it never mixes files of two exports and a failed export leaves the old one intact.
+    """
+    from ftbench.api import ExportError, export_hf_atomic
     from ftbench.training.export import ModelLoadError
 
     try:
-        out = export_hf(model_dir, hf)
-    except ModelLoadError as e:
+        out = export_hf_atomic(model_dir, hf, force=force)
+    except (ModelLoadError, ExportError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
@@ -191,7 +231,9 @@ def export(
 @app.command("eval")
 def eval_(
     model_dirs: list[Path] = typer.Argument(
-        None, help="Exported arms, e.g. models/toy/* (omit with --model oracle)."),
+        None, help="Run folders (all their arms), e.g. models/toy, or exported arms, e.g. "
+                   "models/toy/baseline; models/toy/* works too (data/ and pair.yaml are "
+                   "skipped). Omit with --model oracle."),
     suite: str = typer.Option("code,math,qa", "--suite",
                               help="Suites (code, math, qa) and/or task names (gsm8k, gsm8k_cot, "
                                    "mmlu, commonsense_qa, humanevalplus, mbppplus), comma-separated."),
@@ -232,6 +274,10 @@ def eval_(
     model: Optional[str] = typer.Option(
         None, "--model", help="'oracle': answer with the gold answers through the same code "
                               "paths; must score 1.0 (checks a data mirror and the harness)."),
+    verify_weights: bool = typer.Option(
+        True, "--verify-weights/--no-verify-weights",
+        help="Check each model.safetensors against the sha256 recorded when it was exported "
+             "and refuse a mismatch (skip only for weights changed on purpose)."),
 ) -> None:
     """Evaluate trained models on code, math and QA benchmarks.
 
@@ -244,10 +290,13 @@ def eval_(
     or GPUs, launch with torchrun: `torchrun --nproc_per_node=8 -m ftbench eval ...` (the
     scores are the same for any number of ranks).
     """
+    import dataclasses
+
+    from ftbench.api import resolve_model_dirs
     from ftbench.data.errors import DataError
     from ftbench.evaluation.runner import EvalError, EvalSettings, evaluate_models, expand_suites
     from ftbench.training.distributed import init_distributed, shutdown
-    from ftbench.training.export import ModelLoadError
+    from ftbench.training.export import ModelLoadError, check_weights
 
     ctx = init_distributed()
     try:
@@ -258,22 +307,28 @@ def eval_(
             raise EvalError(f"--model: {model!r} is not supported (only 'oracle')")
         else:
             if not model_dirs:
-                raise EvalError("give one or more model folders (models/<run>/<arm>) or "
-                                "--model oracle")
-            for d in model_dirs:
-                if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-                    raise EvalError(f"{d} is not an exported ftbench model (config.json and "
-                                    "model.safetensors); train one with `ftbench train-pair`")
-            dirs = list(model_dirs)
+                raise EvalError("give run folders (models/<run>), exported arms "
+                                "(models/<run>/<arm>) or --model oracle")
+            dirs, notes = resolve_model_dirs(list(model_dirs))
+            if ctx.is_main:
+                for note in notes:
+                    typer.echo(f"note: {note}", err=True)
+            if verify_weights:
+                # Before any task starts: a corrupt copy stops here, not halfway through.
+                for d in dirs:
+                    check_weights(d)
         if z_protocol not in ("posterior", "prior"):
             raise EvalError(f"--z-protocol: {z_protocol!r} is not one of posterior, prior")
         for name, value in (("--z-draws", z_draws), ("--n-samples", n_samples)):
             if value is not None and value < 1:
                 raise EvalError(f"{name}: must be at least 1, got {value}")
+        extra = {}
+        if "verify_weights" in {f.name for f in dataclasses.fields(EvalSettings)}:
+            extra["verify_weights"] = verify_weights  # the runner passes it to load_pretrained
         settings = EvalSettings(limit=limit, z_protocol=z_protocol,
                                 compare_protocols=compare_protocols, z_draws=z_draws, seed=seed,
                                 fewshot_seed=fewshot_seed, batch_size=batch_size,
-                                n_samples=n_samples, temperature=temperature)
+                                n_samples=n_samples, temperature=temperature, **extra)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
                         results / ".cache", ctx=ctx)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:

@@ -78,6 +78,23 @@ def save_pretrained(state_dict: dict, cfg: ModelConfig, arch: str, tokenizer: To
     os.replace(tmp, directory / CONFIG)
 
 
+def check_weights(directory: str | Path, meta: dict | None = None) -> None:
+    """Refuse weights whose sha256 differs from the one recorded at export."""
+    directory = Path(directory)
+    if meta is None:
+        meta = json.loads((directory / CONFIG).read_text())
+    expected = meta.get("weights_sha256")
+    if not expected:  # exported before hashes were recorded: nothing to check against
+        return
+    actual = file_sha256(directory / WEIGHTS)
+    if actual != expected:
+        raise ModelLoadError(
+            f"{directory / WEIGHTS} is not the file exported with this model: its sha256 "
+            f"{actual[:12]}... differs from the {expected[:12]}... recorded in {CONFIG} "
+            "(a bad copy or a disk fault?). Copy the weights again or retrain; to load them "
+            "anyway pass --no-verify-weights (verify=False in Python)")
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", *,
                     verify: bool = True):
     """(model in eval mode, tokenizer, metadata) from an exported arm folder.
@@ -98,15 +115,8 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu", *
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{directory / CONFIG} is unreadable ({e}); re-export the arm "
                              "with `ftbench train-pair`") from None
-    expected_weights = meta.get("weights_sha256")
-    if verify and expected_weights:
-        actual = file_sha256(directory / WEIGHTS)
-        if actual != expected_weights:
-            raise ModelLoadError(
-                f"{directory / WEIGHTS} is not the file exported with this model: its sha256 "
-                f"{actual[:12]}... differs from the {expected_weights[:12]}... recorded in "
-                f"{CONFIG} (a bad copy or a disk fault?). Copy the weights again or retrain; "
-                "to load them anyway pass --no-verify-weights (verify=False in Python)")
+    if verify:
+        check_weights(directory, meta)
     cfg = ModelConfig(**meta["model"])
     model = build_model(cfg, meta["arch"], seed=None, device=device)
     try:

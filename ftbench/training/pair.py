@@ -66,14 +66,69 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
     return out
 
 
+def recorded_config(cfg: PairConfig, vocab_size: int) -> PairConfig:
+    """The config as trained: model.vocab_size is the tokenizer's, not the preset's.
+
+    Every arm is built with the tokenizer's vocabulary (pair_arms), so recording the
+    preset's value would state a model that was never trained (8192 for the toy run,
+    whose tokenizer has 4096 tokens) and a parameter count a third too high.
+    """
+    return dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=vocab_size))
+
+
+PAIR_YAML_HEADER = ("# The resolved config of this run, as trained: model.vocab_size is the "
+                    "size of the\n# tokenizer in data/<key>/ (data.tokenizer.vocab_size is "
+                    "what was asked of it).\n")
+
+
+def _new_dirs(path: Path) -> list[Path]:
+    """path and its missing parents, outermost last: what mkdir(parents=True) creates."""
+    created = []
+    while not path.exists():
+        created.append(path)
+        path = path.parent
+    return created
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the empty folders a failed run created; anything with files stays (a data
+    build that failed half-way resumes from its complete parts)."""
+    if not created:
+        return
+    for d in sorted((p for p in created[0].rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
                ctx: DistContext | None = None) -> dict:
-    """Train every arm not yet exported; return a summary per arm."""
+    """Train every arm not yet exported; return a summary per arm.
+
+    A run that fails leaves no empty models/<run>/ behind (only folders this call created
+    and that stayed empty are removed).
+    """
     ctx = ctx or init_distributed()
     root = run_dir(cfg)
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
     resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
+    created = _new_dirs(root) if ctx.is_main else []
+    try:
+        return _train_pair(cfg, root, planned, log, ctx)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _train_pair(cfg: PairConfig, root: Path, planned: int, log: Callable[[str], None],
+                ctx: DistContext) -> dict:
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
         data = prepare_for_run(cfg, log=log)
@@ -87,9 +142,10 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
             if (meta := _finished(root / arm.name, fingerprints[arm.name], cfg, data.meta["key"]))}
     # After the checks: a refused run leaves the old pair.yaml in place, and so does a rerun
     # that has nothing left to train (its settings may name another mirror).
+    recorded = recorded_config(cfg, data.tokenizer.vocab_size)
     if ctx.is_main and len(done) < len(arms):
         tmp = root / "pair.yaml.tmp"
-        tmp.write_text(dump_pair_config(cfg))
+        tmp.write_text(PAIR_YAML_HEADER + dump_pair_config(recorded))
         tmp.replace(root / "pair.yaml")
     torch.manual_seed(cfg.run.seed)
     summary = {}
@@ -114,7 +170,7 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
                 "arm": arm.name, "kappa_bits": arm.kappa_bits, "steps": result.steps,
                 "seed": cfg.run.seed, "data_key": data.meta["key"], "fingerprint": fingerprint,
                 "summary": info,
-                "pair_config": dataclasses.asdict(cfg)})
+                "pair_config": dataclasses.asdict(recorded)})
             log(f"{arm.name}: exported to {arm_dir} "
                 f"({', '.join(f'{k} {v:.4f}' for k, v in result.final_val.items())})")
         barrier(ctx)

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from ftbench.config import load_pair_config
 from ftbench.data.errors import DataError
 
 import ftbench.training.loop as loop
@@ -76,6 +77,13 @@ def test_train_pair_exports_loadable_models_and_skips_finished_arms(tmp_path):
     x = torch.tensor([tok.encode("Q>__QQQQQQQQ")])
     logits = model(x).logits_BTV
     assert torch.isfinite(logits).all()
+    # pair.yaml states the model as trained: the tokenizer's vocabulary, not the preset's.
+    assert cfg.model.vocab_size == 8192 != tok.vocab_size
+    recorded_cfg = load_pair_config(root / "pair.yaml")
+    assert recorded_cfg.model.vocab_size == tok.vocab_size == model.cfg.vocab_size
+    assert recorded_cfg.model == model.cfg and recorded_cfg.run == cfg.run
+    assert json.loads((root / "free-k0p5" / "config.json").read_text())[
+        "pair_config"]["model"]["vocab_size"] == tok.vocab_size
     logs = []
     recorded = (root / "pair.yaml").read_bytes()
     cfg.run.checkpoint_every = 2  # a recorded setting that the trained arms do not depend on
@@ -166,3 +174,17 @@ def test_bf16_autocast_smoke(tmp_path):
         assert result.steps == 2 and all(map(torch.isfinite, map(torch.tensor,
                                                                  result.final_val.values())))
         assert next(result.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(tmp_path):
+    cfg = tiny_pair_config(tmp_path / "models")
+    cfg.data.sources[0].kind, cfg.data.sources[0].path = "jsonl", "absent.jsonl"
+    cfg.data.data_dir = str(tmp_path)
+    with pytest.raises(DataError):
+        train_pair(cfg, log=_quiet, ctx=CTX)
+    assert not (tmp_path / "models").exists()  # models/ too: this run created it
+    # A folder that was there before the run is not this run's to remove.
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    with pytest.raises(DataError):
+        train_pair(cfg, log=_quiet, ctx=CTX)
+    assert (tmp_path / "models" / "tiny").is_dir()
