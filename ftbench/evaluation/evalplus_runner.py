@@ -98,18 +98,72 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def score_samples(task: str, problems: Path, samples: Path, out: Path, cache: Path,
                   parallel: int | None = None, timeout_retries: int = 1) -> dict:
+    """Scores in a child process (ftbench.evaluation.evalplus_score), relaying its progress
+    to stderr. The sandbox folder is made and removed here, so that even a scorer killed at
+    the time limit leaves nothing in the temp folder."""
+    import tempfile
+
+    from ftbench.evaluation.evalplus_groundtruth import cache_root
+    from ftbench.evaluation.evalplus_sandbox import remove_tree
+
     dataset = DATASETS[task][0]
+    workdir = tempfile.mkdtemp(prefix="ftbench-sandbox-")
     cmd = [sys.executable, "-m", "ftbench.evaluation.evalplus_score", "--dataset", dataset,
            "--problems", str(problems.resolve()), "--samples", str(samples.resolve()),
            "--out", str(out.resolve()), "--cache", str(cache.resolve()),
-           "--timeout-retries", str(timeout_retries)]
+           "--gt-cache", str(cache_root()), "--workdir", workdir,
+           "--timeout-retries", str(timeout_retries),
+           "--progress", "bar" if sys.stderr.isatty() else "lines"]
     if parallel:
         cmd += ["--parallel", str(parallel)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCORE_TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"EvalPlus scoring of {samples} failed:\n{proc.stderr[-2000:]}")
+    try:
+        code, tail = _run_relaying(cmd, SCORE_TIMEOUT_S)
+    finally:
+        remove_tree(workdir)
+    if code is None:
+        raise RuntimeError(f"EvalPlus scoring of {samples} took over {SCORE_TIMEOUT_S} s and "
+                           f"was stopped; score fewer samples (--limit) or raise --parallel."
+                           f"\n{tail}")
+    if code != 0:
+        raise RuntimeError(f"EvalPlus scoring of {samples} failed (exit code {code}):\n{tail}")
     return json.loads(out.read_text())
+
+
+def _run_relaying(cmd: list[str], timeout: float) -> tuple[int | None, str]:
+    """Runs cmd, copying its stdout and stderr to our stderr as they come (progress bars
+    included); returns (exit code, or None when stopped at the timeout; the last 2000
+    characters of its output, for error messages)."""
+    import codecs
+    import threading
+    from collections import deque
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    tail: deque[bytes] = deque()
+    size = [0]
+
+    def relay():
+        # Incremental: a character split between two reads is written once, whole.
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            sys.stderr.write(decoder.decode(chunk))
+            sys.stderr.flush()
+            tail.append(chunk)
+            size[0] += len(chunk)
+            while size[0] - len(tail[0]) > 2000:
+                size[0] -= len(tail.popleft())
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    reader.join(timeout=5)
+    proc.stdout.close()
+    return code, b"".join(tail).decode("utf-8", "replace")[-2000:]
 
 
 def summarise(scored: dict, n_samples: int) -> tuple[dict, dict, dict | None]:

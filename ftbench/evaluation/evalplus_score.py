@@ -2,115 +2,252 @@
 
 Run by `ftbench.evaluation.evalplus_runner` as
     python -m ftbench.evaluation.evalplus_score --dataset humaneval --problems P.jsonl
-        --samples S.jsonl --out O.json --cache DIR [--parallel N] [--base-only]
+        --samples S.jsonl --out O.json --cache DIR [--gt-cache DIR] [--workdir DIR]
+        [--parallel N] [--timeout-retries 0|1] [--progress bar|lines|none]
 Generated code never runs in the process that holds the model. Each sample runs in its
 own process under EvalPlus's reliability guard (memory, stack and time limits; fork,
 kill, subprocess, file removal and chdir disabled) in a temporary working directory.
+
+A verdict must not depend on how busy the machine is. EvalPlus gives each input
+max(1 s, 4 x ground-truth time) of wall-clock time and scores an input that runs over it
+"fail", like a wrong answer. So:
+- the scorer freezes its objects (gc.freeze) before forking: a sample's process then never
+  walks the ground truth in a garbage-collector pass (about 1 s for MBPP+'s 1.8 GB of
+  objects, enough to fail Mbpp/630 under load) nor copies its pages;
+- a sample that timed out, or failed while one of its per-input time limits fired, is
+  rescored once, serially, with the garbage collector off and the limits scaled up; the
+  second verdict is final and the output records what was rescored and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import multiprocessing
 import os
 import sys
-import tempfile
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from ftbench.evaluation import evalplus_groundtruth as groundtruth
+from ftbench.evaluation.evalplus_sandbox import (Progress, TimeLimitProbe, machine_memory,
+                                                 memory_plan, sandbox_folder, say)
+
+# EvalPlus's defaults (evalplus.config): max(1 s, 4 x ground-truth time) per input.
+MIN_TIME_LIMIT_S = 1.0
+GT_TIME_LIMIT_FACTOR = 4.0
+# The rescoring pass runs alone, with GC off; twice the limits absorb the slowdown of a
+# core shared with two busy processes (1.5x) and stay far below a slow algorithm's cost.
+RESCORE_LIMIT_SCALE = 2.0
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", choices=("humaneval", "mbpp"), required=True)
     ap.add_argument("--problems", required=True, help="decompressed EvalPlus .jsonl")
     ap.add_argument("--samples", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cache", required=True, help="where EvalPlus caches ground truth")
+    ap.add_argument("--cache", required=True, help="EvalPlus's own cache (XDG_CACHE_HOME)")
+    ap.add_argument("--gt-cache", default=None,
+                    help=f"ground-truth cache; default ${groundtruth.CACHE_ENV}, else "
+                         "$XDG_CACHE_HOME/ftbench/evalplus or ~/.cache/ftbench/evalplus")
+    ap.add_argument("--workdir", default=None,
+                    help="sandbox folder owned by the caller (default: a fresh one, removed)")
     ap.add_argument("--parallel", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    ap.add_argument("--memory-bytes", type=int, default=12 * 10**9)
-    ap.add_argument("--timeout-retries", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--memory-bytes", type=int, default=None,
+                    help="most new memory one sample may map (default 12 GB, less when "
+                         "the machine's available memory split between samples is less)")
+    ap.add_argument("--timeout-retries", type=int, default=1,
+                    help="0: keep first verdicts; 1: rescore samples that timed out or "
+                         "failed by a per-input time limit")
+    ap.add_argument("--rescore-limit-scale", type=float, default=RESCORE_LIMIT_SCALE)
+    ap.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
+    args = ap.parse_args(argv)
     # The sandbox changes directory below: every path must survive that.
-    for name in ("problems", "samples", "out", "cache"):
-        setattr(args, name, os.path.abspath(getattr(args, name)))
+    for name in ("problems", "samples", "out", "cache", "workdir"):
+        if getattr(args, name) is not None:
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    # Resolved before XDG_CACHE_HOME is repointed below.
+    args.gt_cache = os.path.abspath(args.gt_cache) if args.gt_cache else str(
+        groundtruth.cache_root())
+    return args
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     # Both must be set before evalplus is imported: it reads them at import time.
     os.environ["HUMANEVAL_OVERRIDE_PATH" if args.dataset == "humaneval"
-               else "MBPP_OVERRIDE_PATH"] = os.path.abspath(args.problems)
-    os.environ["XDG_CACHE_HOME"] = os.path.abspath(args.cache)
+               else "MBPP_OVERRIDE_PATH"] = args.problems
+    os.environ["XDG_CACHE_HOME"] = args.cache
     os.environ.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # set, it breaks every check
-    # EvalPlus's 4 GiB address-space cap is below what one canonical MBPP+ solution needs
-    # (Mbpp/255's largest plus input); 12 GB passes it and still stops memory bombs.
-    os.environ.setdefault("EVALPLUS_MAX_MEMORY_BYTES", str(args.memory_bytes))
-    from evalplus.data import (get_human_eval_plus, get_human_eval_plus_hash, get_mbpp_plus,
-                               get_mbpp_plus_hash)
-    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
-    from evalplus.eval import TIMEOUT
-    from evalplus.evaluate import check_correctness, get_groundtruth
-
-    if args.dataset == "humaneval":
-        problems, dataset_hash, not_none = get_human_eval_plus(), get_human_eval_plus_hash(), []
-    else:
-        problems, dataset_hash = get_mbpp_plus(), get_mbpp_plus_hash()
-        not_none = MBPP_OUTPUT_NOT_NONE_TASKS
-    samples = [json.loads(line) for line in open(args.samples, encoding="utf-8")]
-    wanted = {s["task_id"] for s in samples}
-    unknown = wanted - set(problems)
-    if unknown:
-        sys.exit(f"samples for unknown tasks: {sorted(unknown)[:5]}")
-    subset = {k: v for k, v in problems.items() if k in wanted}
-    # Ground truth is computed once per dataset file and cached (keyed by its md5).
-    expected = {k: v for k, v in get_groundtruth(problems, dataset_hash, not_none).items()
-                if k in wanted}
-    workdir = tempfile.mkdtemp(prefix="ftbench-sandbox-")
-    os.chdir(workdir)  # whatever a sample writes lands here
-    results = [None] * len(samples)
-    # Workers are forked: they inherit this state (problems, expected outputs, samples).
-    _STATE.update(dataset=args.dataset, samples=samples, problems=subset, expected=expected,
-                  check_correctness=check_correctness)
-    check = _check
-    with ProcessPoolExecutor(max_workers=args.parallel, mp_context=_FORK) as pool:
-        futures = {pool.submit(check, i): i for i in range(len(samples))}
-        for fut in as_completed(futures):
-            results[futures[fut]] = _record(samples[futures[fut]], fut)
-    # A timeout on a loaded machine is not a verdict: time-outs get one more, serial try.
-    retried = [i for i, r in enumerate(results)
-               if TIMEOUT in (r["base_status"], r["plus_status"])] if args.timeout_retries else []
-    for i in retried:
-        with ProcessPoolExecutor(max_workers=1, mp_context=_FORK) as pool:
-            results[i] = _record(samples[i], pool.submit(check, i))
-        results[i]["retried"] = True
-    out = {"dataset": args.dataset, "evalplus_hash": dataset_hash, "results": results,
-           "sandbox": {"memory_bytes": int(os.environ["EVALPLUS_MAX_MEMORY_BYTES"]),
-                       "timeout_retries": len(retried)}}
+    with sandbox_folder(args.workdir):
+        out = score(args)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f)
     os.replace(tmp, args.out)
 
 
+def score(args: argparse.Namespace) -> dict:
+    problems, dataset_hash, not_none = load_dataset(args.dataset)
+    samples = [json.loads(line) for line in open(args.samples, encoding="utf-8")]
+    wanted = sorted({s["task_id"] for s in samples})
+    unknown = set(wanted) - set(problems)
+    if unknown:
+        sys.exit(f"samples for tasks that are not in {args.problems}: {sorted(unknown)[:5]}; "
+                 "were they generated from another dataset version?")
+    folder = groundtruth.dataset_folder(Path(args.gt_cache), args.dataset, dataset_hash)
+    expected = groundtruth.load_groundtruth(problems, wanted, folder, not_none, log=say)
+    _STATE.update(dataset=args.dataset, samples=samples,
+                  problems={k: problems[k] for k in wanted}, expected=expected)
+    del problems
+    plan = sample_memory(args)
+    probe = TimeLimitProbe()
+    probe.install()
+    _STATE["probe"] = probe
+    # Everything the scorer holds now (ground truth included) leaves the collector's view:
+    # forked workers and samples never traverse it, nor copy its pages by doing so.
+    gc.freeze()
+    checks = first_pass(len(samples), plan["parallel"], args)
+    rescored = rescore(checks, args) if args.timeout_retries else {}
+    results = [_record(samples[i], c) for i, c in enumerate(checks)]
+    return {"dataset": args.dataset, "evalplus_hash": dataset_hash, "results": results,
+            "sandbox": sandbox_record(plan, results, rescored, args)}
+
+
+def load_dataset(dataset: str) -> tuple[dict, str, list]:
+    from evalplus.data import (get_human_eval_plus, get_human_eval_plus_hash, get_mbpp_plus,
+                               get_mbpp_plus_hash)
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
+
+    if dataset == "humaneval":
+        return get_human_eval_plus(), get_human_eval_plus_hash(), []
+    return get_mbpp_plus(), get_mbpp_plus_hash(), MBPP_OUTPUT_NOT_NONE_TASKS
+
+
+def sample_memory(args: argparse.Namespace) -> dict:
+    """Sets EvalPlus's per-process cap (read in each sample's process) from the plan."""
+    available, inherited = machine_memory()
+    kwargs = {} if args.memory_bytes is None else {"sample_max": args.memory_bytes}
+    plan = memory_plan(args.parallel, available, inherited, **kwargs)
+    if "EVALPLUS_MAX_MEMORY_BYTES" in os.environ:  # the user's explicit choice wins
+        plan["memory_bytes"] = int(os.environ["EVALPLUS_MAX_MEMORY_BYTES"])
+        plan["from_env"] = "EVALPLUS_MAX_MEMORY_BYTES"
+    os.environ["EVALPLUS_MAX_MEMORY_BYTES"] = str(plan["memory_bytes"])
+    if plan["parallel"] < plan["requested_parallel"]:
+        say(f"EvalPlus: {plan['parallel']} samples at a time, not {args.parallel}: "
+            f"{plan['available_bytes'] / 2**30:.1f} GiB available would leave each less "
+            "than the memory correct MBPP+ solutions need")
+    return plan
+
+
+def first_pass(n: int, parallel: int, args: argparse.Namespace) -> list[dict]:
+    checks: list[dict | None] = [None] * n
+    progress = Progress(n, f"EvalPlus {args.dataset}", args.progress)
+    try:
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=_FORK) as pool:
+            futures = {pool.submit(_check, i): i for i in range(n)}
+            for fut in as_completed(futures):
+                checks[futures[fut]] = _outcome(fut)
+                progress.update()
+    finally:
+        progress.close()
+    return checks
+
+
+def rescore(checks: list[dict], args: argparse.Namespace) -> dict[int, str]:
+    """Rescores, one at a time in this process, each sample whose failure may be the
+    machine's doing; returns {sample: why}."""
+    why = {i: r for i, c in enumerate(checks) if (r := rescore_reason(c))}
+    if not why:
+        return why
+    say(f"EvalPlus {args.dataset}: rescoring {len(why)} samples that timed out or failed by "
+        f"a time limit, one at a time, GC off, limits x{args.rescore_limit_scale:g}")
+    gc.disable()  # inherited by each sample's process
+    try:
+        for i in sorted(why):
+            first = {k: checks[i][k] for k in ("base", "plus")}
+            checks[i] = _outcome_of(lambda: _check(i, args.rescore_limit_scale))
+            checks[i]["rescored"] = {"reason": why[i], "first": first}
+    finally:
+        gc.enable()
+    return why
+
+
+def rescore_reason(check: dict) -> str | None:
+    from evalplus.eval import FAIL, TIMEOUT
+
+    if TIMEOUT in (check["base"], check["plus"]):
+        return "timeout"
+    if any(check[w] == FAIL and check.get(f"{w}_time_limit") for w in ("base", "plus")):
+        return "time_limit"
+    return None
+
+
+def sandbox_record(plan: dict, results: list[dict], rescored: dict[int, str],
+                   args: argparse.Namespace) -> dict:
+    reasons = sorted(set(rescored.values()))
+    changed = sum(1 for r in results
+                  if "rescored" in r and r["rescored"]["first"] != [r["base_status"],
+                                                                    r["plus_status"]])
+    return {**plan,
+            "time_limits": {"min_s": MIN_TIME_LIMIT_S, "ground_truth_factor":
+                            GT_TIME_LIMIT_FACTOR, "rescore_scale": args.rescore_limit_scale},
+            "gc": "frozen before forking samples; off while rescoring",
+            "rescored": {r: sum(1 for v in rescored.values() if v == r) for r in reasons},
+            "rescored_total": len(rescored), "rescored_changed": changed,
+            # Kept for results written before time-limit failures were rescored too.
+            "timeout_retries": sum(1 for v in rescored.values() if v == "timeout")}
+
+
 _STATE: dict = {}
 _FORK = multiprocessing.get_context("fork")
 
 
-def _check(i: int) -> dict:
+def _check(i: int, limit_scale: float = 1.0) -> dict:
+    """Base and plus verdicts of sample i, each with whether a per-input time limit fired."""
+    from evalplus.eval import untrusted_check
+
     st = _STATE
     sample = st["samples"][i]
     problem, expected = st["problems"][sample["task_id"]], st["expected"][sample["task_id"]]
-    if st["dataset"] == "humaneval" and problem["entry_point"] == "find_zero":
-        return check_find_zero(problem, sample["solution"], expected)
-    r = st["check_correctness"](st["dataset"], i, problem, sample["solution"], expected)
-    return {"base": r["base"][0], "plus": r["plus"][0]}
+    code, entry, outputs, atol = sample["solution"], problem["entry_point"], None, problem["atol"]
+    if st["dataset"] == "humaneval" and entry == "find_zero":
+        code, entry, outputs = find_zero_check(problem, code)
+        atol = 0  # the checker returns a bool; its own tolerance is atol
+    out = {}
+    for which in ("base", "plus"):
+        inputs = problem[f"{which}_input"]
+        flag = st["probe"].arm()
+        out[which] = untrusted_check(
+            st["dataset"], code, inputs, entry,
+            outputs(inputs) if outputs else expected[which], atol,
+            expected[f"{which}_time"], min_time_limit=MIN_TIME_LIMIT_S * limit_scale,
+            gt_time_limit_factor=GT_TIME_LIMIT_FACTOR * limit_scale)[0]
+        out[f"{which}_time_limit"] = bool(flag.value)
+    return out
 
 
-def _record(sample: dict, fut) -> dict:
+def _outcome(fut) -> dict:
+    return _outcome_of(fut.result)
+
+
+def _outcome_of(get) -> dict:
     try:
-        r = fut.result()
-        base, plus = r["base"], r["plus"]
+        return get()
     except Exception as e:  # a sample that breaks the checker fails; the run goes on
-        base = plus = f"error: {type(e).__name__}"
-    return {"task_id": sample["task_id"], "index": sample.get("index", 0),
-            "base_status": base, "plus_status": plus}
+        return {"base": f"error: {type(e).__name__}", "plus": f"error: {type(e).__name__}"}
+
+
+def _record(sample: dict, check: dict) -> dict:
+    row = {"task_id": sample["task_id"], "index": sample.get("index", 0),
+           "base_status": check["base"], "plus_status": check["plus"]}
+    if "rescored" in check:
+        first = check["rescored"]["first"]
+        row["rescored"] = {"reason": check["rescored"]["reason"],
+                           "first": [first["base"], first["plus"]]}
+    return row
 
 
 # EvalPlus 0.3.1's special oracle for HumanEval/32 (find_zero) `continue`s past the line
@@ -125,16 +262,9 @@ def _ftbench_find_zero_ok(xs):
 """
 
 
-def check_find_zero(problem: dict, solution: str, expected: dict) -> dict:
-    from evalplus.eval import untrusted_check
-
+def find_zero_check(problem: dict, solution: str):
     code = solution + _FIND_ZERO_CHECK.format(atol=problem["atol"])
-    out = {}
-    for which in ("base", "plus"):
-        inputs = problem[f"{which}_input"]
-        out[which] = untrusted_check("humaneval", code, inputs, "_ftbench_find_zero_ok",
-                                     [True] * len(inputs), 0, expected[f"{which}_time"])[0]
-    return out
+    return code, "_ftbench_find_zero_ok", lambda inputs: [True] * len(inputs)
 
 
 if __name__ == "__main__":
