@@ -14,18 +14,32 @@ that follow (the runner makes them, lm-eval computes every metric of every pass)
   (seeded by the seed, the sample index and the prompt); `sample_index = i` answers a later
   pass with sample i.
 
-Importing this module registers the model as "ftbench" with lm-eval; lm-eval's own CLI
-does not import plugins, so use `python -m ftbench.evaluation.lm_eval_main --model ftbench
---model_args path=models/<run>/<arm> ...` to run lm-eval's CLI with it registered.
+Importing this module registers the model as "ftbench" with lm-eval, beside lm-eval's own
+models; lm-eval's CLI does not import plugins, so use `python -m
+ftbench.evaluation.lm_eval_main --model ftbench --model_args path=models/<run>/<arm> ...`
+(or `--model hf ...`) to run lm-eval's CLI with it registered.
+
+Generation length: a request may ask for more new tokens than the model's context leaves.
+New tokens are capped at max_seq_len // 2 and the prompt keeps its last tokens (lm-eval's
+HF backend refuses such requests instead). Every cap and truncation is counted in
+`gen_limits` (`GenerationLimits.record()`), which `ftbench eval` stores in the results'
+"generation" block, and is logged once per call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
 import torch
+# lm-eval fills its registry with its own models only if the registry is empty at the
+# first lookup; registering "ftbench" first would hide them ("no model for this name
+# found! Supported model names: ftbench" for --model hf). Importing lm_eval.models first
+# registers them (as lazy placeholders: cheap).
+import lm_eval.models  # noqa: F401
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -36,6 +50,86 @@ from ftbench.evaluation.scoring import (BASELINE_KEY, FREE_Z_DRAWS, Score, ZProt
 from ftbench.inference.generation import SamplingConfig, generate
 from ftbench.training.distributed import DistContext, init_distributed
 from ftbench.training.export import load_pretrained
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to load on: the one asked for if this machine has it, else CPU with a
+    warning (as lm-eval's HFLM does; lm-eval's CLI asks for cuda:0 by default)."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a torch device (e.g. cpu, cuda, cuda:0)") \
+            from None
+    if dev.type == "cuda":
+        ok = torch.cuda.is_available() and (dev.index is None
+                                            or dev.index < torch.cuda.device_count())
+    elif dev.type == "mps":
+        ok = torch.backends.mps.is_available()
+    else:
+        ok = dev.type == "cpu" or hasattr(torch, dev.type) and getattr(
+            torch, dev.type).is_available()
+    if ok:
+        return device
+    log.warning("device %r is not available on this machine; falling back to CPU", device)
+    return "cpu"
+
+
+def generation_budget(prompt_ids: list[int], max_new: int, max_seq_len: int
+                      ) -> tuple[list[int], int, int]:
+    """(prompt ids kept, new tokens allowed, prompt tokens dropped) for a request asking
+    for max_new tokens: at most max_seq_len // 2 new tokens so that a prompt keeps at
+    least half the context, then the prompt's last tokens that fit beside them."""
+    allowed = max(1, min(int(max_new), max_seq_len // 2))
+    keep = max_seq_len - allowed
+    dropped = max(0, len(prompt_ids) - keep)
+    return list(prompt_ids[dropped:]), allowed, dropped
+
+
+class GenerationLimits:
+    """Counts of generation requests shortened to fit the model's context."""
+
+    def __init__(self, max_seq_len: int):
+        self.max_seq_len = max_seq_len
+        self.requests = 0
+        self.capped = 0
+        self.requested: set[int] = set()
+        self.truncated = 0
+        self.dropped_total = 0
+        self.dropped_max = 0
+
+    def add(self, requested: int, allowed: int, dropped: int) -> None:
+        self.requests += 1
+        self.requested.add(int(requested))
+        self.capped += int(allowed < requested)
+        self.truncated += int(dropped > 0)
+        self.dropped_total += dropped
+        self.dropped_max = max(self.dropped_max, dropped)
+
+    def record(self) -> dict:
+        """The results' "generation.limits" block."""
+        return {"max_seq_len": self.max_seq_len, "cap": max(1, self.max_seq_len // 2),
+                "requests": self.requests, "max_gen_toks_requested": sorted(self.requested),
+                "capped": self.capped, "context_truncated": self.truncated,
+                "context_tokens_dropped": self.dropped_total,
+                "context_tokens_dropped_max": self.dropped_max}
+
+    def summary(self) -> str | None:
+        """One line when anything was shortened, else None."""
+        if not (self.capped or self.truncated):
+            return None
+        parts = []
+        if self.capped:
+            parts.append(f"{self.capped}/{self.requests} requests asked for "
+                         f"{max(self.requested)} new tokens, capped at {self.max_seq_len // 2} "
+                         f"(context {self.max_seq_len})")
+        if self.truncated:
+            parts.append(f"{self.truncated}/{self.requests} prompts lost their first tokens to "
+                         f"fit (up to {self.dropped_max}, {self.dropped_total} in all)")
+        return "; ".join(parts)
 
 
 @register_model("ftbench")
@@ -59,8 +153,8 @@ class FtbenchLM(TemplateLM):
             if path is None:
                 raise ValueError("FtbenchLM needs path=<exported arm folder> (or model and "
                                  "tokenizer objects)")
-            device = device or str(self.ctx.device if self.ctx.distributed else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+            device = (str(self.ctx.device) if self.ctx.distributed else
+                      resolve_device(device))
             model, tokenizer, _ = load_pretrained(path, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
@@ -87,6 +181,8 @@ class FtbenchLM(TemplateLM):
         self.samples: dict[tuple, list[str]] = {}
         """(context, gen_kwargs) -> the z_samples texts generated for it."""
         self.gen_stats = {"new_tokens": 0, "seconds": 0.0}
+        self.gen_limits = GenerationLimits(self.max_length)
+        """Generation requests shortened to fit the context (reset per task by the runner)."""
         self.score_seconds = 0.0
         """Time spent scoring log-likelihoods (the model's share of a task's wall time)."""
 
@@ -147,8 +243,9 @@ class FtbenchLM(TemplateLM):
         out = []
         chunk = self.batch_size * 8
         t0 = time.perf_counter()
-        for s in tqdm(range(0, len(pairs), chunk), disable=disable_tqdm or self.rank != 0,
-                      desc="loglikelihood"):
+        # No bar for a pass that only replays stored scores.
+        for s in tqdm(range(0, len(pairs), chunk), desc="loglikelihood",
+                      disable=disable_tqdm or self.rank != 0 or not pairs):
             res = score_requests(self.model, pairs[s:s + chunk], protocols=self.protocols,
                                  draws=self.z.draws, seed=self.z.seed,
                                  batch_size=self.batch_size, max_length=self.max_length,
@@ -199,11 +296,11 @@ class FtbenchLM(TemplateLM):
         until = gen_kwargs.pop("until", None) or []
         until = (until,) if isinstance(until, str) else tuple(until)
         max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+        if max_new < 1:
+            raise ValueError(f"max_gen_toks: must be at least 1, got {max_new}")
         temperature = self.temperature
         if temperature == 0 and gen_kwargs.get("do_sample"):
             temperature = float(gen_kwargs.get("temperature", 0.0) or 0.0)
-        # Left-truncation below keeps the context and max_new tokens within the model.
-        max_new = max(1, min(max_new, self.max_length // 2))
         cfg = SamplingConfig(max_new_tokens=max_new, temperature=temperature,
                              top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0),
                              stop_token_ids=(self.eot_token_id,))
@@ -214,15 +311,23 @@ class FtbenchLM(TemplateLM):
         samples; row (request, i) uses streams seeded by (seed, i, its prompt)."""
         n = self.z_samples
         jobs = []
+        shortened = GenerationLimits(self.max_length)  # this call's, for the warning
         for req in requests:
             context, gen_kwargs = req.args
             key = (context, _kwargs_key(gen_kwargs))
             if key in self.samples:
                 continue
-            until, max_new, cfg = self._sampling(gen_kwargs)
-            ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
+            until, requested, cfg = self._sampling(gen_kwargs)
+            ids, max_new, dropped = generation_budget(self.tok_encode(context), requested,
+                                                      self.max_length)
+            self.gen_limits.add(requested, max_new, dropped)
+            shortened.add(requested, max_new, dropped)
+            cfg = dataclasses.replace(cfg, max_new_tokens=max_new)
+            ids = ids or [self.eot_token_id]
             self.samples[key] = [None] * n
             jobs += [(key, i, ids, until, cfg) for i in range(n)]
+        if self.rank == 0 and (line := shortened.summary()):
+            log.warning("generation shortened to fit the model: %s", line)
         by_setting: dict = {}
         for job in jobs:
             by_setting.setdefault((job[3], job[4]), []).append(job)
@@ -231,8 +336,9 @@ class FtbenchLM(TemplateLM):
             group.sort(key=lambda j: -len(j[2]))  # similar lengths pad less
             batches += [(until, cfg, group[s:s + self.batch_size])
                         for s in range(0, len(group), self.batch_size)]
-        for until, cfg, batch in tqdm(batches, disable=disable_tqdm or self.rank != 0,
-                                      desc="generate_until"):
+        # No bar for a pass that only replays stored samples.
+        for until, cfg, batch in tqdm(batches, desc="generate_until",
+                                      disable=disable_tqdm or self.rank != 0 or not batches):
             ckeys = [context_key(ids) for _, _, ids, _, _ in batch]
             t0 = time.perf_counter()
             gen = generate(self.model, [ids for _, _, ids, _, _ in batch], cfg,

@@ -126,3 +126,52 @@ def test_rolling_windows_cover_texts_longer_than_the_context(pair_dir):
         [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0)
          for t in (short, long)], disable_tqdm=True)
     assert totals[1] < totals[0] < 0  # 4x the tokens, each scored once
+
+
+def test_generation_shortened_to_fit_the_context_is_counted_and_logged(pair_dir, caplog):
+    import logging
+
+    from ftbench.evaluation.lm_eval_adapter import generation_budget
+
+    lm = FtbenchLM(path=str(pair_dir / "baseline"))  # max_seq_len 64: at most 32 new tokens
+    long_prompt = "K>___KKKKKKKK___!" * 4  # 68 tokens: 36 must go to leave room for 32
+    reqs = [Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=(long_prompt, {"until": [], "max_gen_toks": 40})),
+            Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=("M>", {"until": [], "max_gen_toks": 40})),
+            Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=("M>", {"until": [], "max_gen_toks": 8}))]
+    with caplog.at_level(logging.WARNING, logger="ftbench.evaluation.lm_eval_adapter"):
+        out = lm.generate_until(reqs, disable_tqdm=True)
+    assert len(lm.tok_encode(long_prompt)) == 68
+    assert lm.gen_limits.record() == {
+        "max_seq_len": 64, "cap": 32, "requests": 3, "max_gen_toks_requested": [8, 40],
+        "capped": 2, "context_truncated": 1, "context_tokens_dropped": 36,
+        "context_tokens_dropped_max": 36}
+    assert all(len(lm.tok_encode(t)) <= 32 for t in out[:2]) and len(lm.tok_encode(out[2])) <= 8
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "2/3 requests asked for 40 new tokens, capped at 32" in warning
+    assert "1/3 prompts lost their first tokens" in warning
+    # The kept prompt is the end of the long one, the same as a direct budget computation.
+    ids = lm.tok_encode(long_prompt)
+    assert generation_budget(ids, 40, 64) == (ids[36:], 32, 36)
+    # Replaying stored samples counts nothing again and warns no more.
+    caplog.clear()
+    lm.generate_until(reqs, disable_tqdm=True)
+    assert lm.gen_limits.requests == 3 and not caplog.records
+
+
+def test_requests_within_the_context_are_not_shortened(pair_dir, caplog):
+    import logging
+
+    lm = FtbenchLM(path=str(pair_dir / "baseline"))
+    with caplog.at_level(logging.WARNING):
+        lm.generate_until([Instance(request_type="generate_until", doc={}, idx=0,
+                                    arguments=("M>", {"until": [], "max_gen_toks": 32}))],
+                          disable_tqdm=True)
+    assert lm.gen_limits.summary() is None and not caplog.records
+    assert lm.gen_limits.record()["capped"] == 0
+    with pytest.raises(ValueError, match="max_gen_toks: must be at least 1"):
+        lm.generate_until([Instance(request_type="generate_until", doc={}, idx=0,
+                                    arguments=("M>", {"until": [], "max_gen_toks": 0}))],
+                          disable_tqdm=True)
