@@ -173,7 +173,8 @@ def resolve_model_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
             if d.resolve() not in {x.resolve() for x in dirs}:
                 dirs.append(d)
     if not dirs:
-        raise ModelLoadError(f"no exported arms among {', '.join(map(str, paths))}")
+        raise ModelLoadError(f"no exported arms to evaluate ({'; '.join(notes)}); give "
+                             "models/<run> or models/<run>/<arm>")
     return dirs, notes
 
 

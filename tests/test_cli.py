@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -122,3 +123,138 @@ def test_config_errors_are_one_line_with_exit_2(tmp_path, content, message, extr
         assert result.exception is None or isinstance(result.exception, SystemExit)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: config:") and message in lines[0]
+
+
+def _fake_arm(folder, **meta):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(meta))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def _fake_run(root):
+    run = root / "models" / "toy"
+    for arm in ("free-k0p5", "baseline"):
+        _fake_arm(run / arm)
+    (run / "data" / "abc").mkdir(parents=True)
+    (run / "pair.yaml").write_text("size: toy\n")
+    return run
+
+
+def test_run_folders_and_shell_globs_resolve_to_the_runs_arms(tmp_path):
+    from ftbench.api import resolve_model_dirs
+
+    run = _fake_run(tmp_path)
+    dirs, notes = resolve_model_dirs([run])
+    assert dirs == [run / "baseline", run / "free-k0p5"]  # the baseline, the reference, first
+    assert notes == [f"{run}: evaluating its arms baseline, free-k0p5"]
+    globbed = sorted(run.glob("*"))  # what the shell makes of models/toy/*
+    dirs, notes = resolve_model_dirs(globbed)
+    assert dirs == [run / "baseline", run / "free-k0p5"]
+    assert notes == [f"skipping {run / 'data'} (the run's training data)",
+                     f"skipping {run / 'pair.yaml'} (the run's resolved config)"]
+    dirs, _ = resolve_model_dirs([run / "free-k0p5", run, run / "baseline"])
+    assert dirs == [run / "free-k0p5", run / "baseline"]  # each arm once, in the order given
+
+
+def test_eval_refuses_what_is_neither_an_arm_nor_a_run_folder(tmp_path):
+    run = _fake_run(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    (run / "free-k1").mkdir()
+    (run / "free-k1" / "metrics.jsonl").write_text("{}\n")  # training stopped before export
+    for path, message in [
+        (tmp_path / "elsewhere", "is neither an exported ftbench model .* nor a run folder"),
+        (tmp_path / "notes.txt", "is neither an exported ftbench model"),
+        (tmp_path / "absent", "does not exist; give exported arms"),
+        (run / "free-k1", "free-k1 is an arm that was not exported"),
+        (run, "arm\\(s\\) free-k1 did not finish training"),
+        (run / "data", r"no exported arms to evaluate \(skipping .*data \(the run's training"),
+    ]:
+        result = runner.invoke(app, ["eval", str(path), "--suite", "gsm8k"])
+        assert result.exit_code == 2, result.output
+        assert re.search(message, result.output), result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_eval_refuses_weights_that_differ_from_their_recorded_hash(tmp_path):
+    arm = _fake_arm(tmp_path / "toy" / "baseline", arch="baseline", weights_sha256="0" * 64)
+    result = runner.invoke(app, ["eval", str(arm), "--suite", "gsm8k"])
+    assert result.exit_code == 2
+    assert "model.safetensors is not the file exported with this model" in result.output
+    assert "--no-verify-weights" in result.output
+
+
+def test_info_states_its_vocabulary_and_matches_the_trained_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from ftbench.model import build_model, get_preset
+    from ftbench.training.pair import train_pair
+    from tests.training.helpers import tiny_pair_config
+
+    result = runner.invoke(app, ["info", "--size", "toy"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("preset toy: vocabulary 4,096 (data.tokenizer.vocab_size "
+                                    "in configs/toy.yaml); sequence length 128")
+    toy = json.loads(runner.invoke(app, ["info", "--size", "toy", "--json"]).output)
+    built = get_preset("toy").replace(vocab_size=4096)
+    for arch in ("baseline", "free"):
+        assert toy[arch]["params_total"] == sum(
+            p.numel() for p in build_model(built, arch, device="meta").parameters())
+    wide = json.loads(runner.invoke(app, ["info", "--size", "toy", "--vocab", "8192",
+                                          "--json"]).output)
+    assert wide["vocab_from"] == "--vocab"
+    assert wide["baseline"]["params_total"] - toy["baseline"]["params_total"] == 4096 * 64
+    # A trained run: the counts are those of the weights it holds.
+    cfg = tiny_pair_config(tmp_path)
+    train_pair(cfg, log=lambda *_: None)
+    run = tmp_path / cfg.run.name
+    data = json.loads(runner.invoke(app, ["info", str(run), "--json"]).output)
+    for arm, arch in (("baseline", "baseline"), ("free-k0p5", "free")):
+        weights = load_file(str(run / arm / "model.safetensors"))
+        assert data[arch]["params_total"] == sum(t.numel() for t in weights.values()), arm
+    assert data["vocab_size"] < 100 and "the trained model" in data["vocab_from"]
+    assert data["seq_len"] == cfg.data.seq_len
+    result = runner.invoke(app, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "neither an exported arm" in result.output
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 2 and "give either --size NAME or a trained run" in result.output
+
+
+def test_export_hf_refuses_a_non_empty_folder_and_force_replaces_only_an_export(tmp_path):
+    import os
+    import stat
+
+    from ftbench.data.tokenizer import char_tokenizer
+    from ftbench.model import build_model, get_preset
+    from ftbench.training.export import save_pretrained
+
+    cfg = get_preset("toy").replace(vocab_size=40, d_model=32, n_layers=2, n_heads=2,
+                                    n_kv_heads=1, ffn_hidden=64, max_seq_len=32)
+    arm = tmp_path / "models" / "toy" / "baseline"
+    save_pretrained(build_model(cfg, "baseline", seed=1).state_dict(), cfg, "baseline",
+                    char_tokenizer("abcdefgh"), arm)
+    out = tmp_path / "hf"
+    result = runner.invoke(app, ["export", str(arm), "--hf", str(out)])
+    assert result.exit_code == 0, result.output
+    first = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in first and "config.json" in first
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~mask}
+    (out / "stray.bin").write_bytes(b"from another export")
+    result = runner.invoke(app, ["export", str(arm), "--hf", str(out)])
+    assert result.exit_code == 2 and "not empty" in result.output and "--force" in result.output
+    result = runner.invoke(app, ["export", str(arm), "--hf", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == first  # replaced whole, nothing mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "models"]  # no temp folders
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    result = runner.invoke(app, ["export", str(arm), "--hf", str(other), "--force"])
+    assert result.exit_code == 2 and "not a Hugging Face Llama export" in result.output
+    assert (other / "thesis.tex").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["export", str(arm), "--hf", str(empty)]).exit_code == 0
