@@ -58,16 +58,24 @@ def load_groundtruth(problems: dict, task_ids: list[str], folder: Path,
             out[task_id] = found
     if missing:
         with _exclusive(folder / ".lock"):
-            if log:
-                log(f"computing EvalPlus ground truth for {len(missing)} tasks into {folder}")
-            for task_id in missing:
-                path = _task_file(folder, task_id)
-                # Another scorer may have computed it while this one waited for the lock.
-                found = _read(path)
-                if found is None:
-                    found = compute_task(problems[task_id], not_none)
-                    _write_atomically(path, found)
-                out[task_id] = found
+            out.update(_compute_missing(problems, missing, folder, not_none, log))
+    return out
+
+
+def _compute_missing(problems: dict, task_ids: list[str], folder: Path, not_none: list[str],
+                     log) -> dict:
+    out = {}
+    # Another scorer may have computed some while this one waited for the lock.
+    for task_id in task_ids:
+        found = _read(_task_file(folder, task_id))
+        if found is not None:
+            out[task_id] = found
+    todo = [t for t in task_ids if t not in out]
+    if todo and log:
+        log(f"computing EvalPlus ground truth for {len(todo)} tasks into {folder}")
+    for task_id in todo:
+        out[task_id] = compute_task(problems[task_id], not_none)
+        _write_atomically(_task_file(folder, task_id), out[task_id])
     return out
 
 

@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "failed by a per-input time limit")
     ap.add_argument("--rescore-limit-scale", type=float, default=RESCORE_LIMIT_SCALE)
     ap.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
+    ap.add_argument("--groundtruth-only", action="store_true",
+                    help="compute and cache the samples' tasks' ground truth, score nothing "
+                         "(--out is not written): e.g. on an idle machine before scoring")
     args = ap.parse_args(argv)
     # The sandbox changes directory below: every path must survive that.
     for name in ("problems", "samples", "out", "cache", "workdir"):
@@ -83,13 +86,15 @@ def main(argv=None) -> None:
     os.environ.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # set, it breaks every check
     with sandbox_folder(args.workdir):
         out = score(args)
+    if out is None:
+        return
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f)
     os.replace(tmp, args.out)
 
 
-def score(args: argparse.Namespace) -> dict:
+def score(args: argparse.Namespace) -> dict | None:
     problems, dataset_hash, not_none = load_dataset(args.dataset)
     samples = [json.loads(line) for line in open(args.samples, encoding="utf-8")]
     wanted = sorted({s["task_id"] for s in samples})
@@ -99,6 +104,8 @@ def score(args: argparse.Namespace) -> dict:
                  "were they generated from another dataset version?")
     folder = groundtruth.dataset_folder(Path(args.gt_cache), args.dataset, dataset_hash)
     expected = groundtruth.load_groundtruth(problems, wanted, folder, not_none, log=say)
+    if args.groundtruth_only:
+        return None
     _STATE.update(dataset=args.dataset, samples=samples,
                   problems={k: problems[k] for k in wanted}, expected=expected)
     del problems
