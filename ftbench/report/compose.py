@@ -9,10 +9,12 @@ from pathlib import Path
 
 from ftbench.report import plots
 from ftbench.report.collect import HEADLINE, ArmResults, ReportError, banners, collect
+from ftbench.report.appendix import config_blocks, results_blocks
 from ftbench.report.contamination import contamination_blocks
-from ftbench.report.document import (Banner, Bullets, Document, Figure, Heading, Paragraph,
-                                     Preformatted, Table)
-from ftbench.report.overhead import (PAPER_OVERHEAD, ArmCost, arm_cost, eval_time_rows,
+from ftbench.report.document import Banner, Document, Figure, Heading, Paragraph, Table
+from ftbench.report.latent import latent_banners, latent_blocks, latent_rows
+from ftbench.report.overhead import (PAPER_OVERHEAD, RATIO_TOLERANCE, ArmCost, arm_cost,
+                                     eval_time_rows, load_text, measured_ratios, measured_text,
                                      overhead_rows, paper_overhead_text)
 from ftbench.report.protocols import between_text, gain_text, protocol_rows
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
@@ -51,13 +53,26 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
                         figures_dir: Path) -> None:
     for text in banners(arms):
         doc.add(Banner(text))
+    multi = len({x.run for x in arms}) > 1
+
+    def label_of(a: ArmResults) -> str:
+        return f"{a.run}/{a.arm}" if multi else a.arm
+
+    curves = {}
+    for a in arms:
+        records = _read_metrics(inp.models_root / a.run / a.arm / "metrics.jsonl")
+        if records:
+            curves[label_of(a)] = records
+    latent = latent_rows(arms, curves, inp.models_root, label_of)
+    doc.add(*latent_banners(latent))
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir)
     _protocols_section(doc, arms)
     _seeds_section(doc, arms)
     _replicas_section(doc, arms)
-    _overhead_section(doc, arms, costs, figures_dir)
-    _training_section(doc, arms, inp.models_root, figures_dir)
+    _overhead_section(doc, arms, costs, figures_dir, inp.models_root)
+    _training_section(doc, curves, figures_dir)
+    _latent_section(doc, latent, curves, figures_dir)
     doc.add(*contamination_blocks(inp.models_root, sorted({a.run for a in arms})))
     _appendix(doc, arms, inp.models_root)
 
@@ -88,11 +103,21 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path) -> N
         row.append(PAPER_ANCHORS.get(task, ""))
         rows.append(row)
     doc.add(Table(header, rows, muted=muted))
-    if points:
+    undefined = sorted({p["task"] for p in points if p["rel_gain"] is None})
+    defined = [p for p in points if p["rel_gain"] is not None]
+    if points and not defined:
+        # An empty axis of "n/a" labels says nothing; the reason does.
+        doc.add(Paragraph("No relative-gain plot: the baseline scored 0 on every benchmark "
+                          f"({', '.join(undefined)}), so a gain relative to it is undefined. "
+                          "The absolute gains, in points, are in the table above."))
+    elif defined:
         png = plots.relative_gains(points, figures_dir / "relative_gains.png")
+        why = (f" Benchmarks marked n/a ({', '.join(undefined)}): the baseline scored 0, so "
+               "the relative gain is undefined; see the absolute gain in the table."
+               if undefined else "")
         doc.add(Figure(png, "Relative gain of each Free arm over its baseline, per benchmark, "
                             "with the paired 95 % bootstrap interval; faded bars are not "
-                            "significant.", alt="relative gains"))
+                            "significant." + why, alt="relative gains"))
 
 
 def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
@@ -183,7 +208,8 @@ def _replicas_section(doc: Document, arms: list[ArmResults]) -> None:
 
 
 def _overhead_section(doc: Document, arms: list[ArmResults],
-                      costs: dict[tuple[str, str], ArmCost | None], figures_dir: Path) -> None:
+                      costs: dict[tuple[str, str], ArmCost | None], figures_dir: Path,
+                      models_root: Path) -> None:
     doc.add(Heading("Overhead of the Free Transformer"))
     pairs = [(costs.get((a.run, "baseline")), cost) for (run, name), cost in costs.items()
              if cost is not None and cost.arch == "free"
@@ -198,12 +224,12 @@ def _overhead_section(doc: Document, arms: list[ArmResults],
     paper = PAPER_OVERHEAD.get(size)
     doc.add(Paragraph(
         "Free/baseline ratios. Parameters and FLOPs are analytic (W_post, the 2^H x D "
-        "post-sampler table, is shown apart: its forward is a gather); time and memory are "
-        "measured by this run's training and code generation, on the device named below. "
-        "Throughputs are shown as time per token, so a ratio above 1 is a cost. The paper "
-        "states ≈3.6 % (1.5B) and ≈3.1 % (8B) extra compute and parameters (one block, 1/L), "
-        "which does not count W_post nor the exact Eq. 8 backward."))
-    header = ["quantity", *(f"{f.run}/{f.arm}" if len(pairs) > 1 else f.arm for _, f in pairs),
+        "post-sampler table, is shown apart: its forward is a gather); peak memory is "
+        "measured by this run's training, on the device named below. The paper states ≈3.6 % "
+        "(1.5B) and ≈3.1 % (8B) extra compute and parameters (one block, 1/L), which does "
+        "not count W_post nor the exact Eq. 8 backward."))
+    multi = len(pairs) > 1
+    header = ["quantity", *(f"{f.run}/{f.arm}" if multi else f.arm for _, f in pairs),
               "paper (its scale)"]
     first_rows = overhead_rows(*pairs[0])
     table = []
@@ -219,12 +245,55 @@ def _overhead_section(doc: Document, arms: list[ArmResults],
                       if c.train_device})
     if devices:
         doc.add(Paragraph(f"Training measured on: {', '.join(devices)}."))
+    measured = {}
+    by_key = {(a.run, a.arm): a for a in arms}
+    for b, f in pairs:
+        measured[(f.run, f.arm)] = measured_ratios(
+            b, f, _read_metrics(models_root / b.run / b.arm / "metrics.jsonl"),
+            _read_metrics(models_root / f.run / f.arm / "metrics.jsonl"),
+            by_key.get((b.run, b.arm)), by_key.get((f.run, f.arm)))
+    _measured_table(doc, pairs, measured, multi)
+    first = measured[(pairs[0][1].run, pairs[0][1].arm)]
     bars = [(r.label, r.ratio, 1 + paper if paper and r.label in PAPER_ROWS else None)
             for r in first_rows]
+    bars += [(m.label, m.ratio, None, m.spread, m.note) for m in first if m.ratio is not None]
     png = plots.overhead_bars(bars, figures_dir / "overhead.png")
     doc.add(Figure(png, f"Overhead of {pairs[0][1].arm} over the baseline (Free/baseline - 1); "
-                        "the paper's 1/L where it states one.", alt="overhead bars"))
+                        "the paper's 1/L where it states one. Measured times carry their noise "
+                        "(2 sd) as error bars; hollow grey bars are measurements that disagree "
+                        "with the analytic ratio and are not findings.", alt="overhead bars"))
     _eval_time_table(doc, arms)
+
+
+def _measured_table(doc: Document, pairs, measured, multi: bool) -> None:
+    doc.add(Paragraph(
+        "Measured time per token, Free/baseline: training from every step's wall and CPU "
+        "time (metrics.jsonl; CPU time counts this process's work only, so other jobs inflate "
+        "it less), generation from the generative tasks. ± is twice the ratio's relative sd: "
+        "the spread over logging intervals of training (the first quarter of steps skipped as "
+        "warm-up), or over tasks for generation. Load is the machine's mean 1-minute load "
+        "average while each arm trained (baseline / Free). A ratio more than "
+        f"{100 * RATIO_TOLERANCE:.0f} % from its analytic counterpart is marked unreliable "
+        "and greyed: the arms ran at different times on a shared machine, so such a gap "
+        "measures the machine, not the model. CPU time on a GPU is host time only."))
+    rows, muted = [], set()
+    for b, f in pairs:
+        for m in measured[(f.run, f.arm)]:
+            i = len(rows)
+            analytic = "—" if m.analytic is None else f"{m.analytic:.3f}x ({m.analytic_label})"
+            rows.append(([f"{f.run}/{f.arm}"] if multi else []) + [
+                m.label, measured_text(m), analytic, load_text(m),
+                "not recorded" if m.ratio is None else (m.note or "agrees with analytic")])
+            if m.note:
+                muted.update((i, j) for j in range(len(rows[-1])))
+    doc.add(Table((["arm"] if multi else []) + ["measured", "Free/baseline", "analytic",
+                                                 "load", "reading"], rows, muted=muted))
+    for b, f in pairs:
+        for m in measured[(f.run, f.arm)]:
+            if m.note:
+                doc.add(Banner(f"UNRELIABLE OVERHEAD: {f.arm} {m.label} {measured_text(m)} "
+                               f"against {m.analytic:.3f}x analytic ({m.note}); not a "
+                               "finding. Measure the two arms side by side on an idle machine."))
 
 
 def _eval_time_table(doc: Document, arms: list[ArmResults]) -> None:
@@ -270,62 +339,71 @@ def _read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def _training_section(doc: Document, arms: list[ArmResults], models_root: Path,
-                      figures_dir: Path) -> None:
-    curves = {}
-    for a in arms:
-        records = _read_metrics(models_root / a.run / a.arm / "metrics.jsonl")
-        if records:
-            curves[a.arm if len({x.run for x in arms}) == 1 else f"{a.run}/{a.arm}"] = records
-    if not curves:
+def _training_section(doc: Document, curves: dict[str, list[dict]], figures_dir: Path) -> None:
+    if curves:
+        doc.add(Heading("Training"))
+        png = plots.training_curves(curves, figures_dir / "training_curves.png")
+        doc.add(Figure(png, "Training cross-entropy by step: faint, each step's batch; bold, "
+                            "its running mean (centred). The table's training CE is the mean "
+                            "of the last steps, not one batch. Validation: baseline CE; Free "
+                            "arms: CE under prior Z, ELBO dashed. The KL is in the latent "
+                            "figure below.",
+                       alt="training curves"))
+        rows = []
+        for label, records in curves.items():
+            key = "ce" if any("ce" in r for r in records) else "loss"
+            final = plots.final_running(records, key)
+            vals = [r for r in records if any(k in plots.LIKELIHOOD_KEYS for k in r)]
+            val = vals[-1] if vals else {}
+            rows.append([label, str(records[-1].get("step", "")),
+                         "—" if final is None else
+                         f"{final[0]:.4f} ± {final[1]:.4f} (last {final[2]} steps)",
+                         ", ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()
+                                   if k in plots.LIKELIHOOD_KEYS) or "—"])
+        doc.add(Table(["arm", "steps", "training CE: running mean ± sd", "last validation"],
+                      rows))
+
+
+def _latent_section(doc: Document, rows, curves: dict[str, list[dict]],
+                    figures_dir: Path) -> None:
+    if not rows:
         return
-    doc.add(Heading("Training"))
-    png = plots.training_curves(curves, figures_dir / "training_curves.png")
-    doc.add(Figure(png, "Training cross-entropy and validation (baseline CE; Free: CE under "
-                        "prior Z) by step; Free arms: KL in bits per token with κ dashed.",
-                   alt="training curves"))
-    rows, collapsed = [], []
-    for label, records in curves.items():
-        last = records[-1]
-        vals = [r for r in records if any(k.startswith("val_") for k in r)]
-        val = vals[-1] if vals else {}
-        kl = last.get("kl_bits")
-        if any("kl_bits" in r for r in records) and plots.collapsed(records, COLLAPSE_BITS):
-            collapsed.append(label)
-        rows.append([label, str(last.get("step", "")), f"{last.get('ce', float('nan')):.4f}",
-                     ", ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()
-                               if k.startswith("val_")) or "—",
-                     "—" if kl is None else f"{kl:.3f} (κ {last.get('kappa_bits')})"])
-    doc.add(Table(["arm", "steps", "final training CE", "last validation", "KL bits/token"],
-                  rows))
-    if any("kl_bits" in r for records in curves.values() for r in records):
+    doc.add(Heading("Free arms: is the latent used?"))
+    doc.add(*latent_blocks(rows))
+    free_curves = {label: records for label, records in curves.items()
+                   if any("kl_bits" in r for r in records)}
+    if free_curves:
+        # Arms trained before MI was logged: their measured-after-training value, at the end.
+        extra = {r.label: (float(free_curves[r.label][-1].get("step", len(free_curves[r.label]))),
+                           r.mi_bits)
+                 for r in rows if r.label in free_curves and r.mi_bits is not None
+                 and not any("val_mi_bits" in x for x in free_curves[r.label])}
         png = plots.latent_diagnostics(curves, figures_dir / "latent.png",
-                                       collapse_bits=COLLAPSE_BITS)
-        doc.add(Figure(png, "Latent diagnostics: KL per token against κ; an arm whose KL "
-                            f"ends below {COLLAPSE_BITS} bit/token is flagged as collapsed.",
+                                       collapse_bits=COLLAPSE_BITS, extra_mi=extra)
+        doc.add(Figure(png, "What Z costs and what it carries, in bits per token: the KL (faint "
+                            "per step, bold running mean, circles on validation) against each "
+                            "arm's κ (dashed, its colour), and the mutual information at "
+                            "validation steps (squares). An arm whose KL ends below "
+                            f"{COLLAPSE_BITS} bit/token is collapsed; one whose MI does is "
+                            "unused, whatever its KL. Below: the spread of the encoder's bit "
+                            "logits across positions, and the share of tokens above κ.",
                        alt="latent diagnostics"))
-    for label in collapsed:
-        doc.add(Banner(f"LATENT COLLAPSE: {label} ends with KL < {COLLAPSE_BITS} bit/token; its "
-                       "Z carries (almost) nothing and it behaves like a slower baseline."))
+    for label, records in free_curves.items():
+        if plots.collapsed(records, COLLAPSE_BITS):
+            doc.add(Banner(f"LATENT COLLAPSE: {label} ends with KL < {COLLAPSE_BITS} bit/token; "
+                           "its Z carries (almost) nothing and it behaves like a slower "
+                           "baseline."))
 
 
 def _appendix(doc: Document, arms: list[ArmResults], models_root: Path) -> None:
     doc.add(Heading("Appendix: settings and versions"))
-    items = []
-    for a in arms:
-        for task, r in sorted(a.results.items()):
-            items.append(f"`{a.run}/{a.arm}/{task}`: n={r['n_items']}, limit={r['limit']}, "
-                         f"protocol={json.dumps(r['protocol'])}, harness={r['harness']}, "
-                         f"data={r['data'].get('mode')}, seed={r['seed']}, "
-                         f"wall {r['wall_s']:.0f} s")
-    doc.add(Bullets(items))
+    doc.add(*results_blocks(arms))
     versions = next(iter(arms[0].results.values()))["versions"]
     doc.add(Paragraph("Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())))
     for run in dict.fromkeys(a.run for a in arms):
         cfg = models_root / run / "pair.yaml"
         if cfg.is_file():
-            doc.add(Paragraph(f"Configuration of run `{run}` (models/{run}/pair.yaml):"),
-                    Preformatted(cfg.read_text()))
+            doc.add(*config_blocks(run, cfg))
 
 
 def report_inputs(runs: list[str], results_root: Path, models_root: Path) -> ReportInputs:

@@ -1,9 +1,14 @@
 """What the latent costs: the Free arms against their run's baseline, from files only.
 
-Parameters and FLOPs are analytic (ftbench.model.accounting on the exported config);
-training tokens/s and peak memory are what train-pair measured (config.json "summary");
-generation tokens/s is what the code tasks measured (results "generation"). Measured
-ratios are only as comparable as the runs: the table says where they ran.
+Parameters and FLOPs are analytic (ftbench.model.accounting on the exported config); peak
+memory is what train-pair measured (config.json "summary"); training time per token, wall
+and CPU, with the machine's load, is what every step logged (metrics.jsonl); generation
+time per token is what the generative tasks measured (results "generation").
+
+Arms train one after the other, so a measured time ratio also holds whatever else the
+machine did meanwhile. Each measured ratio carries its noise (the spread over logging
+intervals, or over tasks) and the load, and is set against its analytic counterpart: one
+that disagrees by more than RATIO_TOLERANCE is marked unreliable, not shown as a finding.
 """
 
 from __future__ import annotations
@@ -103,11 +108,8 @@ def arm_cost(models_root: Path, run: str, arm: str,
 
 
 def overhead_rows(base: ArmCost, free: ArmCost) -> list[OverheadRow]:
-    """Free/baseline, each row analytic or measured. Throughput rows are inverted into
-    time per token so that every ratio above 1 is a cost."""
-    def inv(x):
-        return None if not x else 1.0 / x
-
+    """Free/baseline: the analytic rows and the measured peak memory. Measured times, which
+    depend on the machine's load, are in measured_ratios with their noise."""
     return [
         OverheadRow("parameters, total", base.params_total, free.params_total, "", False),
         OverheadRow("parameters without W_post", base.params_total,
@@ -118,12 +120,8 @@ def overhead_rows(base: ArmCost, free: ArmCost) -> list[OverheadRow]:
                     free.forward_flops_per_token, "FLOP", False),
         OverheadRow("decode FLOPs / token", base.decode_flops_per_token,
                     free.decode_flops_per_token, "FLOP", False),
-        OverheadRow("training time / token (measured)", inv(base.train_tokens_per_s),
-                    inv(free.train_tokens_per_s), "s", True),
         OverheadRow("training peak memory (measured)", base.peak_memory_bytes,
                     free.peak_memory_bytes, "B", True),
-        OverheadRow("generation time / token (measured)", inv(base.gen_tokens_per_s),
-                    inv(free.gen_tokens_per_s), "s", True),
     ]
 
 
@@ -182,3 +180,178 @@ def eval_time_rows(arms: list[ArmResults]) -> tuple[list[str], list[list[str]]]:
         total.append(f"{secs:.0f} s" + (f" (model {sum(model):.1f} s)" if model else ""))
     rows.append(total)
     return ["evaluation time", *labels], rows
+
+
+# ---------------------------------------------------------------------------------------
+# Measured time ratios, with their noise
+
+# A measured ratio further than this from its analytic counterpart is not shown as a
+# finding; within it, FLOPs and time agree as well as a small model on a CPU allows.
+RATIO_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Time per token over a run's steady steps, split into `intervals` consecutive
+    intervals (the first quarter of the steps is warm-up and skipped, as in training's
+    summary). Spreads are relative: sd of the intervals' medians over their mean."""
+    wall_s_per_token: float
+    wall_spread: float | None
+    cpu_s_per_token: float | None
+    cpu_spread: float | None
+    load_avg: float | None
+    load_max: float | None
+    intervals: int
+
+
+def _median_spread(chunks: list[list[float]]) -> tuple[float | None, float | None]:
+    import statistics
+
+    meds = [statistics.median(c) for c in chunks if c]
+    if not meds:
+        return None, None
+    mid = statistics.median(meds)
+    spread = statistics.stdev(meds) / statistics.fmean(meds) if len(meds) > 1 else None
+    return mid, spread
+
+
+def training_timing(records: list[dict], n_intervals: int = 10) -> Timing | None:
+    """From metrics.jsonl records (tokens_per_s; cpu_s_per_token and load_avg where the
+    run logged them)."""
+    steps = [r for r in records if isinstance(r.get("tokens_per_s"), (int, float))
+             and r["tokens_per_s"] > 0]
+    steady = steps[len(steps) // 4:] or steps
+    if not steady:
+        return None
+    n = max(1, min(n_intervals, len(steady) // 3 or 1))
+    size = -(-len(steady) // n)
+    chunks = [steady[i:i + size] for i in range(0, len(steady), size)]
+    wall, wall_spread = _median_spread([[1 / r["tokens_per_s"] for r in c] for c in chunks])
+    cpu, cpu_spread = _median_spread([[r["cpu_s_per_token"] for r in c
+                                       if isinstance(r.get("cpu_s_per_token"), (int, float))]
+                                      for c in chunks])
+    loads = [r["load_avg"] for r in steady if isinstance(r.get("load_avg"), (int, float))]
+    return Timing(wall, wall_spread, cpu, cpu_spread,
+                  sum(loads) / len(loads) if loads else None, max(loads) if loads else None,
+                  len(chunks))
+
+
+@dataclass(frozen=True)
+class MeasuredRatio:
+    label: str
+    ratio: float | None
+    spread: float | None
+    """Relative sd of the ratio (the two arms' spreads combined); None when unknown."""
+    analytic: float | None
+    analytic_label: str
+    load_base: float | None
+    load_free: float | None
+    note: str | None
+    """Why the ratio is not a finding ("unreliable: ..."), or None."""
+
+    @property
+    def reliable(self) -> bool:
+        return self.ratio is not None and self.note is None
+
+
+def judge(ratio: float, spread: float | None, analytic: float | None,
+          loads: list[float | None]) -> str | None:
+    """None when the measurement agrees with the analytic ratio (within RATIO_TOLERANCE);
+    otherwise the reason it is not a finding, with the machine load."""
+    if analytic is None or analytic <= 0:
+        return None
+    dev = ratio / analytic - 1
+    if abs(dev) <= RATIO_TOLERANCE:
+        return None
+    known = [x for x in loads if x is not None]
+    load = f"load {max(known):.1f}" if known else "load not recorded"
+    if spread is None:
+        return f"unreliable: {100 * dev:+.0f} % off analytic, no spread recorded, {load}"
+    if abs(dev) > 2 * spread:
+        return (f"unreliable: {100 * dev:+.0f} % off analytic, beyond its noise "
+                f"(±{200 * spread:.0f} %), {load}")
+    return f"unreliable: noise ±{200 * spread:.0f} % exceeds ±{100 * RATIO_TOLERANCE:.0f} %, {load}"
+
+
+def _combine(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else (a * a + b * b) ** 0.5
+
+
+def _generation_ratios(base: ArmResults | None, free: ArmResults | None):
+    """Per task (time per token Free / baseline) where both arms generated, plus their
+    loads if the results recorded one."""
+    if base is None or free is None:
+        return [], []
+    ratios, loads = [], []
+    for task, r in free.results.items():
+        g, b = r.get("generation"), (base.results.get(task) or {}).get("generation")
+        if not g or not b or g.get("seconds", 0) <= 0 or b.get("seconds", 0) <= 0:
+            continue
+        if not g.get("new_tokens") or not b.get("new_tokens"):
+            continue
+        ratios.append((g["seconds"] / g["new_tokens"]) / (b["seconds"] / b["new_tokens"]))
+        loads += [x.get("load_avg") for x in (g, b)]
+    return ratios, loads
+
+
+def measured_ratios(base: ArmCost, free: ArmCost, base_records: list[dict],
+                    free_records: list[dict], base_results: ArmResults | None = None,
+                    free_results: ArmResults | None = None) -> list[MeasuredRatio]:
+    """Training wall and CPU time per token (from metrics.jsonl, falling back to the
+    export's summary without a spread) and generation time per token (results), each
+    against its analytic counterpart and judged."""
+    train_flops = free.train_flops_per_token / base.train_flops_per_token
+    decode_flops = free.decode_flops_per_token / base.decode_flops_per_token
+    tb, tf = training_timing(base_records), training_timing(free_records)
+    out = []
+    if tb and tf:
+        loads = [tb.load_avg, tf.load_avg]
+        ratio = tf.wall_s_per_token / tb.wall_s_per_token
+        spread = _combine(tb.wall_spread, tf.wall_spread)
+        out.append(MeasuredRatio("training time / token (wall)", ratio, spread, train_flops,
+                                 "training FLOPs", *loads, judge(ratio, spread, train_flops,
+                                                                 loads)))
+        if tb.cpu_s_per_token and tf.cpu_s_per_token:
+            ratio = tf.cpu_s_per_token / tb.cpu_s_per_token
+            spread = _combine(tb.cpu_spread, tf.cpu_spread)
+            out.append(MeasuredRatio("training CPU time / token", ratio, spread, train_flops,
+                                     "training FLOPs", *loads,
+                                     judge(ratio, spread, train_flops, loads)))
+        else:
+            out.append(MeasuredRatio("training CPU time / token", None, None, train_flops,
+                                     "training FLOPs", *loads, None))
+    else:
+        ratio = (base.train_tokens_per_s / free.train_tokens_per_s
+                 if base.train_tokens_per_s and free.train_tokens_per_s else None)
+        out.append(MeasuredRatio("training time / token (wall)", ratio, None, train_flops,
+                                 "training FLOPs", None, None,
+                                 None if ratio is None else
+                                 judge(ratio, None, train_flops, [])))
+    per_task, gen_loads = _generation_ratios(base_results, free_results)
+    ratio = (base.gen_tokens_per_s / free.gen_tokens_per_s
+             if base.gen_tokens_per_s and free.gen_tokens_per_s else None)
+    spread = None
+    if len(per_task) > 1:
+        import statistics
+        spread = statistics.stdev(per_task) / statistics.fmean(per_task)
+    known = [x for x in gen_loads if x is not None]
+    out.append(MeasuredRatio("generation time / token (wall)", ratio, spread, decode_flops,
+                             "decode FLOPs", max(known) if known else None, None,
+                             None if ratio is None else
+                             judge(ratio, spread, decode_flops, gen_loads)))
+    return out
+
+
+def measured_text(m: MeasuredRatio) -> str:
+    if m.ratio is None:
+        return "not recorded"
+    return f"{m.ratio:.3f}x" + ("" if m.spread is None else f" ± {2 * m.spread * m.ratio:.3f}")
+
+
+def load_text(m: MeasuredRatio) -> str:
+    vals = [m.load_base, m.load_free]
+    if all(v is None for v in vals):
+        return "not recorded"
+    if m.load_free is None:
+        return f"{m.load_base:.1f}"
+    return " / ".join("?" if v is None else f"{v:.1f}" for v in vals)

@@ -101,14 +101,36 @@ def _last_finite(values: np.ndarray) -> float | None:
     return float(ok[-1]) if len(ok) else None
 
 
-def _ema(values: np.ndarray, span: float) -> np.ndarray:
-    """Exponential moving average that steps over NaNs instead of spreading them."""
-    alpha, out, level = 2 / (span + 1), np.full_like(values, np.nan), None
-    for i, v in enumerate(values):
-        if np.isfinite(v):
-            level = v if level is None else alpha * v + (1 - alpha) * level
-            out[i] = level
+def smoothing_window(n_steps: int) -> int:
+    """Steps in the running mean: about 1/15 of the run, at least 5 (at most the run)."""
+    return max(1, min(n_steps, max(5, n_steps // 15), 200))
+
+
+def running_mean(values: np.ndarray, window: int, centred: bool = False) -> np.ndarray:
+    """Mean over `window` steps at each step, NaNs skipped: trailing (the last `window`
+    steps), or centred on the step for drawing, where a trailing mean would lag the raw
+    line by half a window (the window shrinks at the ends)."""
+    out = np.full_like(values, np.nan, dtype=float)
+    before = window // 2 if centred else window - 1
+    after = window - 1 - before if centred else 0
+    for i in range(len(values)):
+        chunk = values[max(0, i - before):i + after + 1]
+        chunk = chunk[np.isfinite(chunk)]
+        if len(chunk):
+            out[i] = chunk.mean()
     return out
+
+
+def final_running(records: list[dict], key: str) -> tuple[float, float, int] | None:
+    """(mean, sd, window) of `key` over the last smoothing_window steps: the value the
+    smoothed curve ends at. One batch is noisy; the last few steps' mean is the figure."""
+    _, values = _series(records, key)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    k = smoothing_window(len(values))
+    tail = values[-k:]
+    return float(tail.mean()), float(tail.std(ddof=1)) if len(tail) > 1 else 0.0, k
 
 
 def _check_curves(curves: dict[str, list[dict]], what: str) -> None:
@@ -157,7 +179,9 @@ def _gain_bar(ax, y: float, height: float, p: Any, colour: str) -> float:
     """One arm's bar for one task; returns the x extent its label reached."""
     gain = _finite(_get(p, "rel_gain"))
     if gain is None:
-        ax.text(0, y, " n/a", va="center", ha="left", fontsize=8, color=colour)
+        # Only a zero baseline leaves a gain undefined (stats.compare).
+        ax.text(0, y, " n/a: baseline scored 0", va="center", ha="left", fontsize=8,
+                color=colour)
         return 0.0
     value, significant = 100 * gain, bool(_get(p, "significant", False))
     ax.barh(y, value, height=height, color=colour, alpha=1.0 if significant else 0.35,
@@ -248,29 +272,38 @@ def _plot_training(ax, curves: dict[str, list[dict]], colours: dict[str, str]) -
         if not len(steps):
             continue
         keys.add(key)
-        smooth = len(values) >= 100  # raw noise hides the trend on long runs
-        ax.plot(steps, values, color=colours[label], linewidth=1.0,
+        # Per-batch values are noisy: the faint raw line keeps them visible, the bold running
+        # mean shows the trend (the report's "final training CE" is its trailing form).
+        k = smoothing_window(int(np.isfinite(values).sum()))
+        smooth = k > 1
+        ax.plot(steps, values, color=colours[label], linewidth=0.9,
                 alpha=0.3 if smooth else 1.0, label=None if smooth else label)
         if smooth:
-            ax.plot(steps, _ema(values, len(values) / 50), color=colours[label],
-                    linewidth=1.6, label=label)
+            ax.plot(steps, running_mean(values, k, centred=True), color=colours[label],
+                    linewidth=1.7, label=f"{label} (running mean, {k} steps)")
     what = "cross-entropy" if keys == {"ce"} else "loss" if keys == {"loss"} else "CE / loss"
     ax.set_ylabel(f"training {what}\n(nats/token)")
     ax.set_title("Training")
     if keys:
-        _legend_right(ax)
+        handles = ax.get_legend_handles_labels()[0]
+        if any(h.get_label().endswith("steps)") for h in handles):
+            handles.append(Line2D([], [], color="#4d4d4d", alpha=0.3, linewidth=0.9,
+                                  label="each step's batch (faint)"))
+        _legend_right(ax, handles)
     else:
         _no_data(ax, "no ce or loss in the records")
 
 
 VAL_STYLES = {"val_ce": "-", "val_ce_prior": "-", "val_elbo": "--"}
+# Validation keys in nats per token that bound -log p(S); the other val_ keys (KL, MI,
+# logit spread) describe the latent and are drawn in the latent figure.
+LIKELIHOOD_KEYS = tuple(VAL_STYLES)
 
 
 def _plot_validation(ax, curves: dict[str, list[dict]], colours: dict[str, str]) -> None:
-    """Likelihood bounds only (val_kl_bits is bits of KL, not a CE)."""
+    """Likelihood bounds only."""
     for label, records in curves.items():
-        keys = sorted({k for r in records for k in r
-                       if k.startswith("val_") and k != "val_kl_bits"})
+        keys = sorted({k for r in records for k in r if k in LIKELIHOOD_KEYS})
         for key in keys:
             steps, values = _series(records, key)
             ax.plot(steps, values, VAL_STYLES.get(key, ":"), color=colours[label], marker="o",
@@ -280,26 +313,8 @@ def _plot_validation(ax, curves: dict[str, list[dict]], colours: dict[str, str])
     _legend_right(ax)
 
 
-def _plot_kl(ax, curves: dict[str, list[dict]], colours: dict[str, str]) -> None:
-    for label, records in curves.items():
-        if not _is_free(records):
-            continue
-        steps, values = _series(records, "kl_bits")
-        ax.plot(steps, values, color=colours[label], linewidth=1.2, label=f"{label}: KL")
-        _, kappas = _series(records, "kappa_bits")
-        kappa = _last_finite(kappas)
-        if kappa is not None:
-            ax.axhline(kappa, color=colours[label], linestyle="--", linewidth=1.1,
-                       label=f"{label}: \u03ba = {kappa:g}")
-    ax.set_ylabel("KL (bits/token)")
-    ax.set_title("Free arms: KL per token, \u03ba dashed")
-    ax.set_ylim(bottom=0)
-    _legend_right(ax)
-
-
 def _has_validation(curves: dict[str, list[dict]]) -> bool:
-    return any(k.startswith("val_") and k != "val_kl_bits"
-               for records in curves.values() for r in records for k in r)
+    return any(k in LIKELIHOOD_KEYS for records in curves.values() for r in records for k in r)
 
 
 def _legend_right(ax, handles: list | None = None) -> None:
@@ -315,16 +330,14 @@ def _no_data(ax, text: str) -> None:
 
 
 def training_curves(curves: dict[str, list[dict]], path: Path) -> Path:
-    """Training CE by step for every arm; validation likelihoods where logged; for Free arms
-    the KL in bits per token with each arm's κ as a dashed line. `curves` maps an arm label
-    to its metrics.jsonl records."""
+    """Training CE by step for every arm (raw, and its running mean), and validation
+    likelihoods where logged. The KL is drawn once, in latent_diagnostics, beside what the
+    latent carries. `curves` maps an arm label to its metrics.jsonl records."""
     _check_curves(curves, "training_curves")
     colours = arm_colours(list(curves))
     panels = [_plot_training]
     if _has_validation(curves):
         panels.append(_plot_validation)
-    if any(_is_free(r) for r in curves.values()):
-        panels.append(_plot_kl)
     with _canvas(path, 8.5, 0.4 + 2.9 * len(panels)) as fig:
         axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
         for ax, draw in zip(axes, panels):
@@ -338,37 +351,58 @@ def training_curves(curves: dict[str, list[dict]], path: Path) -> Path:
 # Overhead
 
 def _overhead_bar(ax, y: float, ratio: float | None, colour: str, hatch: str | None,
-                  height: float) -> float:
+                  height: float, spread: float | None = None, note: str | None = None) -> float:
+    """One bar; `note` marks a measurement that is not a finding: drawn hollow and grey,
+    with the reason instead of a value."""
     if ratio is None:
         ax.text(0, y, "  not measured", va="center", ha="left", fontsize=8, color="#777777")
         return 0.0
     value = 100 * (ratio - 1)
+    if note:
+        ax.barh(y, value, height=height, color="none", hatch="xx", edgecolor="#b5b5b5",
+                linewidth=0.6)
+        ax.text(0, y, f"  {note}  ", va="center", ha="left" if value <= 0 else "right",
+                fontsize=8, color="#8a8a8a", style="italic")
+        return value
     ax.barh(y, value, height=height, color=colour, hatch=hatch, edgecolor="#555555"
             if hatch else colour, linewidth=0.6)
-    ax.text(value, y, f"  {_pct(value)}  ", va="center", ha="left" if value >= 0 else "right",
+    end = value
+    if spread:
+        err = 100 * spread * ratio
+        ax.errorbar(value, y, xerr=err, fmt="none", ecolor="#333333", elinewidth=0.9,
+                    capsize=2.5)
+        end = value + err if value >= 0 else value - err
+    ax.text(end, y, f"  {_pct(value)}  ", va="center", ha="left" if value >= 0 else "right",
             fontsize=8, color="#333333")
-    return value
+    return end
 
 
-def overhead_bars(rows: list[tuple[str, float | None, float | None]], path: Path) -> Path:
+def overhead_bars(rows: list[tuple], path: Path) -> Path:
     """Overhead of the Free arm as (Free/baseline - 1) in %, one bar per quantity, the
-    paper's stated overhead beside it when given. `rows` are (label, ratio, paper_ratio)."""
+    paper's stated overhead beside it when given. `rows` are (label, ratio, paper_ratio),
+    optionally followed by the ratio's relative spread (an error bar) and a note: a row
+    with a note is a measurement not to be read as a finding (e.g. "unreliable: load 6.4"),
+    drawn hollow and grey."""
     if not rows:
         raise ValueError("overhead_bars: no rows to plot")
-    with_paper = any(_finite(paper) is not None for _, _, paper in rows)
+    rows = [tuple(r) + (None,) * (5 - len(r)) for r in rows]
+    with_paper = any(_finite(paper) is not None for _, _, paper, _, _ in rows)
     height = 0.38 if with_paper else 0.6
     with _canvas(path, 8.5, max(2.4, 0.9 + 0.5 * len(rows))) as fig:
         ax = fig.add_subplot()
         extents = [0.0]
-        for k, (_, ratio, paper) in enumerate(rows):
+        for k, (_, ratio, paper, spread, note) in enumerate(rows):
             y = -k
             run_y = y + height / 2 if with_paper else y
             extents.append(_overhead_bar(ax, run_y, _finite(ratio), FREE_COLOURS[0], None,
-                                         height))
+                                         height, _finite(spread), note))
             if _finite(paper) is not None:
                 extents.append(_overhead_bar(ax, y - height / 2, _finite(paper), PAPER_COLOUR,
                                              "///", height))
         ax.set_yticks([-k for k in range(len(rows))], [str(r[0]) for r in rows])
+        for tick, row in zip(ax.get_yticklabels(), rows):
+            if row[4]:
+                tick.set_color("#8a8a8a")
         ax.axvline(0, color="#222222", linewidth=1.0)
         _pad_xlim(ax, extents)
         ax.grid(axis="y", visible=False)
@@ -378,6 +412,9 @@ def overhead_bars(rows: list[tuple[str, float | None, float | None]], path: Path
         if with_paper:
             handles.append(Patch(facecolor=PAPER_COLOUR, edgecolor="#555555", hatch="///",
                                  label="paper (its scale)"))
+        if any(r[4] for r in rows):
+            handles.append(Patch(facecolor="white", edgecolor="#b5b5b5", hatch="xx",
+                                 label="measured, not a finding (see table)"))
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     return Path(path)
 
@@ -385,46 +422,96 @@ def overhead_bars(rows: list[tuple[str, float | None, float | None]], path: Path
 # ---------------------------------------------------------------------------------------
 # Latent diagnostics
 
+# Below this, values are drawn at the floor on a log axis (MI of an unused latent is ~0).
+LOG_FLOOR = 1e-4
+
+
 def collapsed(records: list[dict], collapse_bits: float) -> bool:
     """True when the arm's last finite KL per token is below `collapse_bits`."""
     last = _last_finite(_series(records, "kl_bits")[1])
     return last is not None and last < collapse_bits
 
 
-def _kl_scale(ax, free: dict[str, list[dict]]) -> None:
-    """Log scale when KL spans decades (collapse and growth are both visible then)."""
-    values = np.concatenate([_series(r, "kl_bits")[1] for r in free.values()])
+def unused(records: list[dict], unused_bits: float) -> bool:
+    """True when the arm's last validation MI is below `unused_bits` bit/token."""
+    last = _last_finite(_series(records, "val_mi_bits")[1])
+    return last is not None and last < unused_bits
+
+
+def _bits_scale(ax, arrays: list[np.ndarray]) -> bool:
+    """Log scale when the values span decades (KL against a near-zero MI, or a collapse);
+    returns whether it is log."""
+    values = np.concatenate(arrays) if arrays else np.array([])
     values = values[np.isfinite(values)]
-    if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+    positive = values[values > 0]
+    if len(positive) and (values.min() <= 0 or positive.max() / positive.min() > 20):
         ax.set_yscale("log")
         # The default log labels are mathtext, which STYLE turns off for user strings.
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-    else:
-        ax.set_ylim(bottom=0)
+        return True
+    ax.set_ylim(bottom=0)
+    return False
 
 
-def _plot_latent_kl(ax, free: dict[str, list[dict]], colours: dict[str, str],
-                    collapse_bits: float) -> None:
+def _plot_latent_bits(ax, free: dict[str, list[dict]], colours: dict[str, str],
+                      collapse_bits: float, extra_mi: dict[str, tuple[float, float]]) -> None:
+    """KL (what Z costs) and MI (what it carries) on one axis, in bits per token."""
+    arrays = []
     for label, records in free.items():
-        tag = " (collapsed)" if collapsed(records, collapse_bits) else ""
+        arrays.append(_series(records, "kl_bits")[1])
+        arrays.append(_series(records, "val_mi_bits")[1])
+    arrays += [np.array([v]) for _, v in extra_mi.values()]
+    log = _bits_scale(ax, arrays)
+    floor = (lambda v: np.maximum(v, LOG_FLOOR)) if log else (lambda v: v)
+    clipped = False
+    handles = []
+    for label, records in free.items():
+        c = colours[label]
         steps, values = _series(records, "kl_bits")
-        ax.plot(steps, values, color=colours[label], linewidth=1.2, label=f"{label}{tag}")
-        vsteps, vvalues = _series(records, "val_kl_bits")
+        k = smoothing_window(int(np.isfinite(values).sum()))
+        ax.plot(steps, values, color=c, linewidth=0.8, alpha=0.3 if k > 1 else 1.0)
+        handles += ax.plot(steps, running_mean(values, k, centred=True), color=c,
+                           linewidth=1.6, label=f"{label}: KL (cost)")
+        vsteps, vkl = _series(records, "val_kl_bits")
         if len(vsteps):
-            ax.plot(vsteps, vvalues, "o", color=colours[label], markersize=4,
-                    markerfacecolor="white", label=f"{label}: validation")
+            ax.plot(vsteps, vkl, "o", color=c, markersize=4, markerfacecolor="white")
+        msteps, mi = _series(records, "val_mi_bits")
+        if len(msteps):
+            clipped |= bool(np.any(mi[np.isfinite(mi)] < LOG_FLOOR)) and log
+            handles += ax.plot(msteps, floor(mi), "s-.", color=c, markersize=5, linewidth=1.2,
+                               label=f"{label}: MI (information carried)")
+        elif label in extra_mi:
+            step, value = extra_mi[label]
+            clipped |= value < LOG_FLOOR and log
+            handles += ax.plot([step], floor(np.array([value])), "s", color=c, markersize=7,
+                               label=f"{label}: MI (measured after training)")
         kappa = _last_finite(_series(records, "kappa_bits")[1])
         if kappa is not None:
-            ax.axhline(kappa, color=colours[label], linestyle="--", linewidth=1.0)
-    ax.axhline(collapse_bits, color="#999999", linestyle=":", linewidth=1.0)
-    _kl_scale(ax, free)
-    handles = ax.get_legend_handles_labels()[0]
-    handles += [Line2D([], [], color="#555555", linestyle="--", label="\u03ba (free bits)"),
-                Line2D([], [], color="#999999", linestyle=":",
-                       label=f"collapse threshold ({collapse_bits:g} bit)")]
+            # The legend entry is this line's own style and colour.
+            handles.append(ax.axhline(kappa, color=c, linestyle="--", linewidth=1.0,
+                                      label=f"{label}: \u03ba = {kappa:g} bit"))
+    handles.append(ax.axhline(collapse_bits, color="#999999", linestyle=":", linewidth=1.0,
+                              label=f"{collapse_bits:g} bit: collapsed (KL) / unused (MI)"))
+    handles.append(Line2D([], [], color="#777777", marker="o", markerfacecolor="white",
+                          linestyle="none", label="KL on validation"))
+    if clipped:
+        handles.append(Line2D([], [], color="none", label=f"(MI < {LOG_FLOOR:g} drawn at "
+                                                          f"{LOG_FLOOR:g})"))
     _legend_right(ax, handles)
-    ax.set_ylabel("KL (bits/token)")
+    ax.set_ylabel("bits / token")
+
+
+def _plot_logit_spread(ax, free: dict[str, list[dict]], colours: dict[str, str]) -> None:
+    for label, records in free.items():
+        steps, values = _series(records, "val_logit_std")
+        if len(steps):
+            ax.plot(steps, values, "s-", color=colours[label], markersize=4, linewidth=1.2,
+                    label=label)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("logit sd across\npositions")
+    ax.set_title("Encoder bit logits: spread across positions (0: same posterior everywhere)")
+    _legend_right(ax)
 
 
 def _plot_frac_above(ax, free: dict[str, list[dict]], colours: dict[str, str]) -> None:
@@ -439,25 +526,38 @@ def _plot_frac_above(ax, free: dict[str, list[dict]], colours: dict[str, str]) -
 
 
 def latent_diagnostics(curves: dict[str, list[dict]], path: Path,
-                       collapse_bits: float = 0.01) -> Path:
-    """For Free arms (records with kl_bits): KL per token by step against κ, and the share
-    of tokens above κ where logged. An arm whose final KL is below `collapse_bits` is
-    labelled "collapsed" in the legend and the title."""
+                       collapse_bits: float = 0.01, unused_bits: float = 0.01,
+                       extra_mi: dict[str, tuple[float, float]] | None = None) -> Path:
+    """For Free arms (records with kl_bits): the KL per token (its cost) and, at validation
+    steps, the mutual information Z carries, against κ; the spread of the encoder's bit
+    logits and the share of tokens above κ where logged. `extra_mi` gives (step, MI) for
+    arms whose MI was measured after training. An arm whose KL ends below `collapse_bits`
+    is "collapsed"; one whose MI ends below `unused_bits`, "latent unused" (title)."""
     _check_curves(curves, "latent_diagnostics")
     free = {label: records for label, records in curves.items() if _is_free(records)}
     if not free:
         raise ValueError("latent_diagnostics: no Free arm (no record has kl_bits)")
+    extra_mi = extra_mi or {}
     colours = arm_colours(list(curves))
     gone = [label for label, records in free.items() if collapsed(records, collapse_bits)]
-    with_frac = any("frac_above_kappa" in r for records in free.values() for r in records)
-    with _canvas(path, 8.5, 0.5 + 3.0 * (2 if with_frac else 1)) as fig:
-        axes = fig.subplots(2 if with_frac else 1, 1, sharex=True, squeeze=False)[:, 0]
-        _plot_latent_kl(axes[0], free, colours, collapse_bits)
-        title = "Latent: KL per token"
-        axes[0].set_title(title + (f" \u2014 collapsed: {', '.join(gone)}" if gone else ""),
-                          color="#b00020" if gone else "black")
-        if with_frac:
-            _plot_frac_above(axes[1], free, colours)
+    idle = [label for label, records in free.items() if label not in gone and (
+        unused(records, unused_bits) or (label in extra_mi and extra_mi[label][1] < unused_bits
+                                         and not any("val_mi_bits" in r for r in records)))]
+    panels = [lambda ax: _plot_latent_bits(ax, free, colours, collapse_bits, extra_mi)]
+    if any("val_logit_std" in r for records in free.values() for r in records):
+        panels.append(lambda ax: _plot_logit_spread(ax, free, colours))
+    if any("frac_above_kappa" in r for records in free.values() for r in records):
+        panels.append(lambda ax: _plot_frac_above(ax, free, colours))
+    with _canvas(path, 8.5, 0.5 + 2.8 * len(panels)) as fig:
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, draw in zip(axes, panels):
+            draw(ax)
+        flags = ([f"collapsed (KL < {collapse_bits:g} bit): {', '.join(gone)}"] if gone else []
+                 ) + ([f"latent unused (MI < {unused_bits:g} bit): {', '.join(idle)}"]
+                      if idle else [])
+        axes[0].set_title("KL paid vs information carried (MI)")
+        if flags:
+            fig.suptitle("; ".join(flags), color="#b00020", fontsize=11)
         axes[-1].set_xlabel("step")
         fig.align_ylabels(axes)
     return Path(path)

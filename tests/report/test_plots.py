@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ftbench.report import plots
@@ -78,14 +79,74 @@ def test_relative_gains_takes_paired_comparisons_and_a_single_arm(tmp_path):
     assert_png(plots.relative_gains([Point()], tmp_path / "one.png"), min_h=150)
 
 
-def test_training_curves_with_validation_and_kl(tmp_path):
+def test_training_curves_with_validation_and_no_kl_panel(tmp_path):
     out = plots.training_curves(synthetic_curves(), tmp_path / "curves.png")
     h = png_size(out)[1]
     assert_png(out)
-    # Three panels (training, validation, KL) stack up taller than one panel would.
+    # Two panels (training, validation) stack up taller than one panel would.
     single = plots.training_curves({"baseline": [{"step": 1, "ce": 5.0}, {"step": 2, "ce": 4.0}]},
                                    tmp_path / "single.png")
-    assert h > 2 * png_size(single)[1]
+    assert h > 1.7 * png_size(single)[1]
+    # The KL is drawn once, in the latent figure: a Free arm adds no panel here.
+    base_only = {"baseline": synthetic_curves()["baseline"]}
+    assert png_size(plots.training_curves(base_only, tmp_path / "b.png"))[1] == h
+
+
+def test_running_mean_is_the_final_training_figure():
+    values = np.array([6.0, 6.2, np.nan, 6.4, 5.4])
+    assert plots.running_mean(values, 2).tolist()[-2:] == pytest.approx([6.4, 5.9])
+    assert plots.running_mean(values, 3)[3] == pytest.approx(6.3)  # NaN skipped
+    records = [{"step": s, "ce": 6.2 + 0.1 * (-1) ** s} for s in range(1, 150)]
+    records.append({"step": 150, "ce": 5.4})  # one lucky batch at the end
+    mean, sd, k = plots.final_running(records, "ce")
+    assert k == plots.smoothing_window(150) == 10
+    assert mean == pytest.approx((6.2 * 9 + 0.1 * (-1 * 5 + 4) + 5.4) / 10, abs=1e-9)
+    assert mean > 6.0 and sd > 0.2
+    assert plots.smoothing_window(3) == 3 and plots.smoothing_window(1000) == 66
+
+
+def _latent_axes(curves, **kw):
+    from matplotlib.figure import Figure
+    ax = Figure().add_subplot()
+    free = {k: v for k, v in curves.items() if plots._is_free(v)}
+    plots._plot_latent_bits(ax, free, plots.arm_colours(list(curves)), 0.01, kw.get("extra", {}))
+    return ax
+
+
+def test_latent_legend_kappa_swatch_is_its_line():
+    curves = synthetic_curves()
+    curves["free-k2"] = [{**r, "kappa_bits": 2.0} for r in curves["free-k0p5"]]
+    ax = _latent_axes(curves)
+    colours = plots.arm_colours(list(curves))
+    legend = ax.get_legend()
+    entries = dict(zip([t.get_text() for t in legend.get_texts()], legend.legend_handles))
+    for arm, kappa in (("free-k0p5", 0.5), ("free-k2", 2.0)):
+        swatch = entries[f"{arm}: \u03ba = {kappa:g} bit"]
+        line = next(l for l in ax.lines if l.get_label() == f"{arm}: \u03ba = {kappa:g} bit")
+        assert swatch.get_color() == line.get_color() == colours[arm]
+        assert swatch.get_linestyle() == line.get_linestyle() == "--"
+        assert line.get_ydata()[0] == kappa
+
+
+def test_latent_figure_draws_mi_beside_kl_and_flags_an_unused_latent(tmp_path):
+    curves = synthetic_curves()
+    for r in curves["free-k0p5"]:
+        if "val_kl_bits" in r:
+            r.update(val_mi_bits=0.0, val_logit_std=0.0)  # a KL paid, nothing carried
+    ax = _latent_axes(curves)
+    labels = [l.get_label() for l in ax.lines]
+    assert "free-k0p5: MI (information carried)" in labels
+    assert "free-k0p5: KL (cost)" in labels
+    assert ax.get_yscale() == "log"  # MI 0 against KL ~0.5: decades apart
+    mi = next(l for l in ax.lines if l.get_label().endswith("MI (information carried)"))
+    assert min(mi.get_ydata()) == plots.LOG_FLOOR  # zero drawn at the floor, and said so
+    assert any("drawn at" in t.get_text() for t in ax.get_legend().get_texts())
+    assert plots.unused(curves["free-k0p5"], 0.01)
+    assert_png(plots.latent_diagnostics(curves, tmp_path / "unused.png"))
+    # An arm measured after training only: one MI point.
+    old = synthetic_curves()
+    ax = _latent_axes(old, extra={"free-k0p5": (50, 0.0011)})
+    assert "free-k0p5: MI (measured after training)" in [l.get_label() for l in ax.lines]
 
 
 def test_training_curves_tolerate_missing_keys_and_nans(tmp_path):
@@ -108,6 +169,11 @@ def test_overhead_bars(tmp_path):
             ("peak memory", float("nan"), None), ("smaller", 0.98, None)]
     assert_png(plots.overhead_bars(rows, tmp_path / "overhead.png"))
     assert_png(plots.overhead_bars([("only", 1.1, None)], tmp_path / "one.png"), min_h=150)
+    # Measured rows with a spread, and one that is not a finding (drawn hollow, grey).
+    measured = [("training FLOPs / token", 1.156, None),
+                ("training time / token", 1.14, None, 0.02, None),
+                ("generation time / token", 1.654, None, 0.3, "unreliable: load 6.4")]
+    assert_png(plots.overhead_bars(measured, tmp_path / "measured.png"))
 
 
 def test_latent_diagnostics_flags_collapse(tmp_path):
