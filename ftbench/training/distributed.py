@@ -56,17 +56,30 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpointing: bool,
                 compile: bool) -> torch.nn.Module:
-    """The fixed order: activation checkpointing, compile, fully_shard per block, root."""
-    blocks = list(model.blocks)
-    encoder_block = getattr(getattr(model, "encoder", None), "block", None)
-    if encoder_block is not None:
-        blocks.append(encoder_block)
+    """The fixed order: activation checkpointing, compile, fully_shard per unit, root.
+
+    FSDP units (distributed runs): each decoder block; the encoder block; the rest of the
+    encoder (zeta, readout) grouped with W_post; the root (embeddings, final norm, head).
+    W_post is 2^H x D (0.1B parameters at 1.5B): left in the root, its gradient would be
+    reduced only after the whole backward, with nothing to overlap. It shares a unit with
+    the encoder because the Binary Mapper reads `post_sampler.weight` directly instead of
+    calling the module: FSDP2 gathers a unit when any of its modules starts its forward,
+    and the encoder always runs just before the mapper. A grouped module that never runs
+    forward is completed by the root's post-forward (torch's `_force_complete...`), so
+    W_post stays gathered from the encoder's forward through the backward, and its
+    gradient is reduce-scattered once the encoder's backward is done.
+    """
+    encoder = getattr(model, "encoder", None)
+    post_sampler = getattr(model, "post_sampler", None)
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
             checkpoint_wrapper)
         for i, block in enumerate(model.blocks):
             model.blocks[i] = checkpoint_wrapper(block)
-        blocks = list(model.blocks) + ([encoder_block] if encoder_block is not None else [])
+        if encoder is not None:
+            # The encoder block's activations are as large as a decoder block's.
+            encoder.block = checkpoint_wrapper(encoder.block)
+    blocks = list(model.blocks) + ([encoder.block] if encoder is not None else [])
     if compile:
         for block in blocks:
             block.compile()
@@ -77,8 +90,24 @@ def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpoi
         mesh = init_device_mesh(ctx.device.type, (ctx.world,))
         for block in blocks:
             fully_shard(block, mesh=mesh)
+        if encoder is not None and post_sampler is not None:
+            fully_shard([encoder, post_sampler], mesh=mesh)
         fully_shard(model, mesh=mesh)
+        _forward_prefetch(model, encoder)
     return model
+
+
+def _forward_prefetch(model: torch.nn.Module, encoder: torch.nn.Module | None) -> None:
+    """Gather the next unit while this one computes. Backward needs nothing: FSDP2
+    prefetches in reverse forward order by default. The encoder runs between blocks L/2
+    and L/2+1, so block L/2 prefetches it."""
+    order = list(model.blocks)
+    if encoder is not None:
+        half = len(order) // 2
+        order = order[:half] + [encoder, encoder.block] + order[half:]
+    for unit, nxt in zip(order, order[1:]):
+        if hasattr(unit, "set_modules_to_forward_prefetch"):
+            unit.set_modules_to_forward_prefetch([nxt])
 
 
 def shutdown(ctx: DistContext) -> None:
