@@ -1,0 +1,165 @@
+"""The README's "Commands" section, pasted: every command runs at toy size or is listed
+in INFEASIBLE with the reason.
+
+Commands run in-process (CliRunner) from an empty working directory, in README order,
+so that the toy pair the README trains is the one the README's export, eval, report and
+data commands then read. Only sizes and limits are changed, each by a rule below that
+names what it changes; a command that no rule covers fails the test, so a new README
+command cannot go untested by accident.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A toy pair in seconds: 2 steps of 4 sequences of 64 tokens, a BPE trained on 100k
+# characters (the toy run's own tokenizer recipe, smaller). Every command that reads the
+# toy run's data must carry the same settings, or it would look for another data build.
+TOY = ["--set", "run.steps=2", "--set", "run.batch_size=4", "--set", "data.seq_len=64",
+       "--set", "data.train_tokens=20000", "--set", "data.tokenizer.train_chars=100000",
+       "--set", "run.eval_every=2", "--set", "run.checkpoint_every=2",
+       "--set", "run.val_batches=1"]
+# The benchmarks at toy size: one cheap log-likelihood task (two items, two Z draws), and
+# for the oracle a generative task too. The full suites are tests/evaluation's subject.
+EVAL_TOY = ["--suite", "commonsense_qa", "--limit", "2", "--z-draws", "2"]
+ORACLE_TOY = ["--suite", "commonsense_qa,gsm8k", "--limit", "2"]
+
+INFEASIBLE = {
+    "ftbench report toy-s0 toy-s1 toy-s2":
+        "needs three seeds of the toy pair trained and evaluated (three times this test's "
+        "cost); several runs are aggregated in tests/report",
+    "ftbench repro synthetic":
+        "trains for 22 minutes (--ci: 5); tests/repro/test_synthetic.py runs its code path",
+    "python -m ftbench.evaluation.lm_eval_main --model ftbench --model_args "
+    "path=models/toy/baseline --tasks ...":
+        "`--tasks ...` is a placeholder, and lm-eval's CLI indexes its 14k tasks first "
+        "(15-50 s); tests/evaluation/test_lm_eval_main.py runs this entry point",
+    "ftbench data prepare --size 1.5b --workers 64":
+        "the 1.5b mix is streamed from the Hugging Face hub (offline here) and is 47B tokens; "
+        "the toy run's data is prepared by train-pair above",
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """Command lines of the fenced blocks between '## Commands' and the next '## '."""
+    section = re.search(r"^## Commands\n(.*?)(?=^## )", text, re.M | re.S)
+    assert section, "README.md has no '## Commands' section"
+    commands = []
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", section.group(1), re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(shlex.split(line, comments=True))
+            if line:
+                commands.append(line)
+    return commands
+
+
+def variants(command: str) -> list[list[str]]:
+    """`[--json]` is optional: the command without it and with it."""
+    argv = shlex.split(command)
+    optional = [a for a in argv if a.startswith("[") and a.endswith("]")]
+    bare = [a for a in argv if a not in optional]
+    with_all = [a[1:-1] if a in optional else a for a in argv]
+    return [bare, with_all] if optional else [bare]
+
+
+def toy_size(argv: list[str], data_dir: Path) -> list[list[str]]:
+    """The ftbench arguments that run `argv` at toy size; each rule says what it changes."""
+    if argv[0] == "torchrun":  # one process here: the same command without the launcher
+        argv = ["ftbench", *argv[argv.index("ftbench") + 1:]]
+    assert argv[0] == "ftbench", f"classify this README command: {shlex.join(argv)}"
+    args = [str(data_dir) if a in ("DIR", "../shared/data") else a for a in argv[1:]]
+    command = args[0] if args[0] != "data" else f"data {args[1]}"
+    size = args[args.index("--size") + 1] if "--size" in args else None
+    if command == "train-pair" and "--dry-run" not in args:
+        if size == "toy":
+            return [args + TOY]
+        return [args + ["--dry-run"]]  # beyond CPU size: config, budget and arms only
+    if command == "eval":
+        argv = [a for a in args if "*" not in a] + sorted(glob.glob(next(
+            (a for a in args if "*" in a), "")))  # the shell's expansion
+        if "--model" in args:
+            return [_replace(argv, "--suite", ORACLE_TOY)]
+        return [_replace(_replace(argv, "--limit", []), "--suite", EVAL_TOY)]
+    if command in ("data verify", "data trace", "data contamination"):
+        # The toy run's data stands for the 1.5b's, which needs the hub.
+        args = _replace(args, "--size", ["--size", "toy", "--data-dir", str(data_dir), *TOY])
+        if command == "data trace":
+            args[2] = "1000"  # a token index inside the toy run's 20,000 training tokens
+        return [_dedupe_data_dir(args)]
+    return [args]
+
+
+def _replace(args: list[str], option: str, new: list[str]) -> list[str]:
+    """args with `option VALUE` replaced by `new` (or dropped if new is empty)."""
+    if option not in args:
+        return args
+    i = args.index(option)
+    return args[:i] + new + args[i + 2:]
+
+
+def _dedupe_data_dir(args: list[str]) -> list[str]:
+    out, seen = [], False
+    i = 0
+    while i < len(args):
+        if args[i] == "--data-dir":
+            if not seen:
+                out += args[i:i + 2]
+            seen = True
+            i += 2
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def test_readme_command_blocks_run_at_toy_size(tmp_path, monkeypatch, data_dir):
+    commands = readme_commands((ROOT / "README.md").read_text())
+    assert len(commands) >= 10, commands
+    assert set(INFEASIBLE) <= set(commands), set(INFEASIBLE) - set(commands)  # none stale
+    (tmp_path / "configs").symlink_to(ROOT / "configs")  # --config configs/small.yaml
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FTBENCH_DATA_DIR", raising=False)  # only what the command says
+    runner = CliRunner()
+    ran = []
+    for command in commands:
+        if command in INFEASIBLE:
+            continue
+        for argv in variants(command):
+            for args in toy_size(argv, data_dir):
+                result = runner.invoke(app, args)
+                assert result.exit_code == 0, (command, args, result.output[-3000:])
+                ran.append((command, args, result.output))
+
+    def output_of(readme_prefix: str) -> str:
+        """The output of the one README command that starts so (all its variants)."""
+        matches = {c for c, _, _ in ran if c.startswith(readme_prefix)}
+        assert len(matches) == 1, (readme_prefix, matches)
+        return "".join(out for c, _, out in ran if c in matches)
+
+    # What the commands made, read back.
+    assert "toy" in output_of("ftbench presets")
+    info = output_of("ftbench info --size 1.5b")  # both variants: without and with --json
+    assert "vocabulary 131,072" in info and '"params_total": 1511609856' in info
+    arms = ["baseline", "free-k0p5"]
+    for arm in arms:
+        assert (tmp_path / "models/toy" / arm / "model.safetensors").is_file()
+        assert (tmp_path / "results/toy" / arm / "commonsense_qa.json").is_file()
+    assert ("note: skipping models/toy/data (the run's training data)"
+            in output_of("ftbench eval models/"))
+    assert (tmp_path / "out/config.json").is_file()  # export --hf out/
+    assert (tmp_path / "reports/toy/report.html").is_file()
+    assert "1.0000" in output_of("ftbench eval --model oracle")
+    assert "match their recorded sizes and hashes" in output_of("ftbench data verify")
+    assert "commonsense_qa" in output_of("ftbench data contamination")
+    assert "tokens needed" in output_of("ftbench train-pair --config configs/small.yaml")
+    assert not (tmp_path / "models/small").exists()  # --dry-run: nothing trained
