@@ -92,6 +92,11 @@ def _build(cls, data: dict, where: str, base=None):
         sub = f"{where}.{f.name}" if where else f.name
         if f.name in data:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], sub)
+            if f.default is not dataclasses.MISSING and kwargs[f.name] == f.default:
+                # The default object itself: data keys and fingerprints hash configs as
+                # JSON, where 0 and 0.0 differ, and a reloaded pair.yaml states every
+                # default that the original config left out (`tokens_available: 0`).
+                kwargs[f.name] = f.default
         elif base is not None:
             kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)

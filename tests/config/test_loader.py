@@ -79,3 +79,21 @@ def test_an_empty_section_takes_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("size: toy\nrun:\n")
     assert load_pair_config(path, overrides=["run.steps=3"]).run.steps == 3
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_a_dumped_config_hashes_like_the_original(path):
+    """pair.yaml states every default; reloaded, its data key and arm fingerprints must be
+    the original's (JSON tells 0 from 0.0), or `--config models/<run>/pair.yaml` would look
+    for another data build and call the trained arms foreign."""
+    from ftbench.data.budget import planned_tokens
+    from ftbench.data.pipeline import data_key
+    from ftbench.training.arms import pair_arms
+    from ftbench.training.pair import arm_fingerprint
+
+    cfg = load_pair_config(path)
+    again = pair_config_from_dict(__import__("yaml").safe_load(dump_pair_config(cfg)))
+    key = data_key(cfg.data, cfg.run.seed, planned_tokens(cfg))
+    assert data_key(again.data, again.run.seed, planned_tokens(again)) == key
+    for a, b in zip(pair_arms(cfg, 1000), pair_arms(again, 1000)):
+        assert arm_fingerprint(cfg, a, key) == arm_fingerprint(again, b, key)

@@ -86,6 +86,10 @@ def test_train_pair_exports_loadable_models_and_skips_finished_arms(tmp_path):
         "pair_config"]["model"]["vocab_size"] == tok.vocab_size
     logs = []
     recorded = (root / "pair.yaml").read_bytes()
+    # The recorded config is the run's: given back as --config it finds everything trained.
+    train_pair(recorded_cfg, log=logs.append, ctx=CTX)
+    assert sum("already trained" in m for m in logs) == 2
+    logs = []
     cfg.run.checkpoint_every = 2  # a recorded setting that the trained arms do not depend on
     train_pair(cfg, log=logs.append, ctx=CTX)
     assert sum("already trained" in m for m in logs) == 2
