@@ -30,7 +30,7 @@ def model_info(size: str | None = None, seq_len: int | None = None, *,
     if trained is not None:
         cfg, label, vocab_from, seq, seq_from = _trained_model(Path(trained))
     else:
-        cfg, label, vocab_from, seq, seq_from = _planned_model(size)
+        cfg, label, vocab_from, seq, seq_from = planned_model(size)
     if vocab_size is not None:
         if vocab_size < 2:
             from ftbench.model.config import ConfigError
@@ -61,7 +61,9 @@ def model_info(size: str | None = None, seq_len: int | None = None, *,
     }
 
 
-def _planned_model(size: str):
+def planned_model(size: str):
+    """(model config, label, vocabulary origin, sequence length, its origin) of what
+    `train-pair --size NAME` trains."""
     preset = get_preset(size)  # an unknown size fails here with the list of presets
     path = find_size_config(size)
     if path is None:

@@ -110,18 +110,31 @@ def info(
 
 @app.command()
 def presets() -> None:
-    """List the size presets with their shapes and parameter counts."""
+    """List the size presets with their shapes and parameter counts.
+
+    The vocabulary is the one `train-pair --size NAME` trains (configs/NAME.yaml's
+    tokenizer; else the preset's), so the counts are `ftbench info --size NAME`'s.
+    """
+    from ftbench.api import planned_model
     from ftbench.model.accounting import model_cost
     from ftbench.model.presets import PRESETS
 
     typer.echo(f"{'name':6s}{'layers':>7s}{'D':>6s}{'heads':>7s}{'FFN':>7s}{'vocab':>8s}"
                f"{'H':>4s}{'baseline':>10s}{'free':>10s}")
-    for name, cfg in PRESETS.items():
+    notes = []
+    for name in PRESETS:
+        cfg, _, vocab_from, _, _ = planned_model(name)
         b, f = model_cost(cfg, "baseline"), model_cost(cfg, "free")
+        mark = "" if vocab_from.startswith("data.tokenizer") else "*"
+        if mark:
+            notes.append(name)
         typer.echo(f"{name:6s}{cfg.n_layers:>7d}{cfg.d_model:>6d}"
                    f"{f'{cfg.n_heads}/{cfg.n_kv_heads}':>7s}{cfg.ffn_hidden:>7d}"
-                   f"{cfg.vocab_size:>8d}{cfg.latent_bits:>4d}"
+                   f"{f'{cfg.vocab_size}{mark}':>8s}{cfg.latent_bits:>4d}"
                    f"{_human(b.params_total):>10s}{_human(f.params_total):>10s}")
+    typer.echo("vocab: the tokenizer size set in configs/<name>.yaml"
+               + (f"; * the preset's ({', '.join(notes)}: no BPE size in a config)"
+                  if notes else ""))
 
 
 @app.command("train-pair")

@@ -4,7 +4,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ftbench.cli import app
+from ftbench.cli import _human, app
 
 runner = CliRunner()
 
@@ -258,3 +258,14 @@ def test_export_hf_refuses_a_non_empty_folder_and_force_replaces_only_an_export(
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["export", str(arm), "--hf", str(empty)]).exit_code == 0
+
+
+def test_presets_and_info_give_the_same_counts():
+    rows = {line.split()[0]: line.split() for line in
+            runner.invoke(app, ["presets"]).output.splitlines()[1:-1]}
+    for name in ("toy", "1.5b"):
+        info = json.loads(runner.invoke(app, ["info", "--size", name, "--json"]).output)
+        assert rows[name][5] == str(info["vocab_size"])
+        assert rows[name][7] == _human(info["baseline"]["params_total"])
+        assert rows[name][8] == _human(info["free"]["params_total"])
+    assert rows["toy"][5] == "4096"  # configs/toy.yaml's tokenizer, not the preset's 8192
