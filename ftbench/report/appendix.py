@@ -101,8 +101,8 @@ def config_blocks(run: str, path: Path) -> list:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError:
         cfg = None
-    intro = Paragraph(f"Configuration of run `{run}` (models/{run}/pair.yaml), empty fields "
-                      "left out:")
+    intro = Paragraph(f"Configuration of run `{run}` (models/{run}/pair.yaml; empty fields "
+                      "left out; a setting is `section.key`, as `--set` takes it):")
     if not isinstance(cfg, dict):
         return [intro, Preformatted(text)]
     sources = (cfg.get("data") or {}).get("sources") if isinstance(cfg.get("data"), dict) else None
@@ -111,7 +111,8 @@ def config_blocks(run: str, path: Path) -> list:
         rest["data"] = {k: v for k, v in cfg["data"].items() if k != "sources"}
     else:
         sources = None
-    rows = [[section, "; ".join(f"{k.replace('_', ' ')} {_value(v)}" for k, v in items)]
+    # The keys as they are spelled, so that a reader can pass one back with --set.
+    rows = [[section, "; ".join(f"{k} = {_value(v)}" for k, v in items)]
             for section, items in _sections(rest)]
     blocks = [intro, Table(["section", "settings"], rows)]
     if sources:

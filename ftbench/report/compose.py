@@ -256,7 +256,8 @@ def _overhead_section(doc: Document, arms: list[ArmResults],
     first = measured[(pairs[0][1].run, pairs[0][1].arm)]
     bars = [(r.label, r.ratio, 1 + paper if paper and r.label in PAPER_ROWS else None)
             for r in first_rows]
-    bars += [(m.label, m.ratio, None, m.spread, m.note) for m in first if m.ratio is not None]
+    bars += [(m.label, m.ratio, None, m.spread, m.short_note) for m in first
+             if m.ratio is not None]
     png = plots.overhead_bars(bars, figures_dir / "overhead.png")
     doc.add(Figure(png, f"Overhead of {pairs[0][1].arm} over the baseline (Free/baseline - 1); "
                         "the paper's 1/L where it states one. Measured times carry their noise "

@@ -253,6 +253,14 @@ class MeasuredRatio:
     def reliable(self) -> bool:
         return self.ratio is not None and self.note is None
 
+    @property
+    def short_note(self) -> str | None:
+        """The figure's label for a ratio that is not a finding: "unreliable: load X"."""
+        if self.note is None:
+            return None
+        known = [x for x in (self.load_base, self.load_free) if x is not None]
+        return f"unreliable: load {max(known):.1f}" if known else "unreliable: load not recorded"
+
 
 def judge(ratio: float, spread: float | None, analytic: float | None,
           loads: list[float | None]) -> str | None:

@@ -396,6 +396,9 @@ def overhead_bars(rows: list[tuple], path: Path) -> Path:
             run_y = y + height / 2 if with_paper else y
             extents.append(_overhead_bar(ax, run_y, _finite(ratio), FREE_COLOURS[0], None,
                                          height, _finite(spread), note))
+            if note and _finite(ratio) is not None:
+                # The note is written from 0 away from the bar: keep room for it there.
+                extents.append(-0.8 * 100 * (_finite(ratio) - 1))
             if _finite(paper) is not None:
                 extents.append(_overhead_bar(ax, y - height / 2, _finite(paper), PAPER_COLOUR,
                                              "///", height))

@@ -201,11 +201,11 @@ def test_appendix_is_tables_without_empty_fields(roots, tmp_path):
         "  seq_len: 128\nlatent:\n  kappas_bits:\n  - 0.5\n  - 1\n")
     doc = build_report(report_inputs(["r"], results, models), tmp_path / "figs")
     settings = _table(doc, "section")
-    assert settings.rows == [["(top level)", "size toy"],
-                             ["model", "d model 64; tie embeddings yes"],
-                             ["data", "seq len 128"],
-                             ["data.tokenizer", "kind bpe; vocab size 4096"],
-                             ["latent", "kappas bits 0.5, 1"]]
+    assert settings.rows == [["(top level)", "size = toy"],
+                             ["model", "d_model = 64; tie_embeddings = yes"],
+                             ["data", "seq_len = 128"],
+                             ["data.tokenizer", "kind = bpe; vocab_size = 4096"],
+                             ["latent", "kappas_bits = 0.5, 1"]]
     sources = _table(doc, "kind")
     assert sources.header == ["kind", "path", "weight", "max docs"]  # hf_id: empty everywhere
     assert sources.rows == [["jsonl", "a.jsonl.gz", "0.5", "0"], ["stdlib", "", "0.5", "8"]]
@@ -214,3 +214,4 @@ def test_appendix_is_tables_without_empty_fields(roots, tmp_path):
     md = to_markdown(doc, tmp_path / "out").read_text()
     appendix = md[md.index("## Appendix"):]
     assert "hf_id" not in appendix and "hf\\_id" not in appendix and "{\"" not in appendix
+    assert "d\\_model = 64" in appendix
