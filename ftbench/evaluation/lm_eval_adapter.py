@@ -117,6 +117,22 @@ class GenerationLimits:
                 "context_tokens_dropped": self.dropped_total,
                 "context_tokens_dropped_max": self.dropped_max}
 
+    @staticmethod
+    def merge(records: list[dict | None] | None) -> dict | None:
+        """One "limits" block from several ranks' records (None on ranks other than 0)."""
+        records = [r for r in records or [] if r]
+        if not records:
+            return None
+        out = dict(records[0])
+        for r in records[1:]:
+            for key in ("requests", "capped", "context_truncated", "context_tokens_dropped"):
+                out[key] += r[key]
+            out["context_tokens_dropped_max"] = max(out["context_tokens_dropped_max"],
+                                                    r["context_tokens_dropped_max"])
+            out["max_gen_toks_requested"] = sorted(set(out["max_gen_toks_requested"])
+                                                   | set(r["max_gen_toks_requested"]))
+        return out
+
     def summary(self) -> str | None:
         """One line when anything was shortened, else None."""
         if not (self.capped or self.truncated):
@@ -183,6 +199,8 @@ class FtbenchLM(TemplateLM):
         self.gen_stats = {"new_tokens": 0, "seconds": 0.0}
         self.gen_limits = GenerationLimits(self.max_length)
         """Generation requests shortened to fit the context (reset per task by the runner)."""
+        self.progress_label = ""
+        """Prefix of the progress bars' label (the runner sets <run>/<arm>/<task>)."""
         self.score_seconds = 0.0
         """Time spent scoring log-likelihoods (the model's share of a task's wall time)."""
 
@@ -244,7 +262,8 @@ class FtbenchLM(TemplateLM):
         chunk = self.batch_size * 8
         t0 = time.perf_counter()
         # No bar for a pass that only replays stored scores.
-        for s in tqdm(range(0, len(pairs), chunk), desc="loglikelihood",
+        for s in tqdm(range(0, len(pairs), chunk),
+                      desc=_label(self.progress_label, "loglikelihood"),
                       disable=disable_tqdm or self.rank != 0 or not pairs):
             res = score_requests(self.model, pairs[s:s + chunk], protocols=self.protocols,
                                  draws=self.z.draws, seed=self.z.seed,
@@ -279,7 +298,7 @@ class FtbenchLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         out = []
         for req in tqdm(requests, disable=disable_tqdm or self.rank != 0,
-                        desc="loglikelihood_rolling"):
+                        desc=_label(self.progress_label, "loglikelihood_rolling")):
             (text,) = req.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
@@ -337,7 +356,8 @@ class FtbenchLM(TemplateLM):
             batches += [(until, cfg, group[s:s + self.batch_size])
                         for s in range(0, len(group), self.batch_size)]
         # No bar for a pass that only replays stored samples.
-        for until, cfg, batch in tqdm(batches, desc="generate_until",
+        for until, cfg, batch in tqdm(batches,
+                                      desc=_label(self.progress_label, "generate_until"),
                                       disable=disable_tqdm or self.rank != 0 or not batches):
             ckeys = [context_key(ids) for _, _, ids, _, _ in batch]
             t0 = time.perf_counter()
@@ -370,6 +390,10 @@ class FtbenchLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
+
+
+def _label(prefix: str, what: str) -> str:
+    return f"{prefix} {what}" if prefix else what
 
 
 def _kwargs_key(gen_kwargs) -> str:

@@ -23,6 +23,15 @@
 Top-level metrics and per-item outcomes are the headline protocol's (`protocol`); the
 other Z protocol of a log-likelihood task is in "protocols", scored from the same pass.
 "spread" holds the per-draw (log-likelihood) or per-sample (generation) scores.
+"generation" (generative tasks, optional): {"new_tokens", "seconds", "tokens_per_s",
+"batch_size", "world_size", "device", "limits"}. "limits" (lm-eval tasks; absent in older
+files) counts the prompts shortened to fit the model's context:
+    {"max_seq_len": 256, "cap": 128, "requests": 1319, "max_gen_toks_requested": [256],
+     "capped": 1319, "context_truncated": 12, "context_tokens_dropped": 3400,
+     "context_tokens_dropped_max": 610}
+"capped": prompts whose max_gen_toks exceeded "cap" (max_seq_len // 2) and got "cap" new
+tokens; "context_truncated": prompts that lost their first tokens (in all / at most) to
+leave room for the new ones. lm-eval's HF backend refuses such requests instead.
 "model_s" (optional) is the part of wall_s spent in the model (scoring, generation) on
 rank 0: wall_s also holds the harness and one-time costs (EvalPlus's ground truth).
 Per-item outcomes keep the document ids, so two arms can be compared item by item.

@@ -4,9 +4,10 @@ files in the documented schema."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from ftbench.data.mirror import go_offline, resolve_data_dir
 from ftbench.evaluation.lm_eval_tasks import LM_EVAL_TASKS, build_task_dir, data_fingerprint
@@ -70,6 +71,72 @@ class EvalSettings:
 
     def token_sampling(self) -> str:
         return "greedy" if self.temperature == 0 else f"temperature {self.temperature}"
+
+
+# The metric a task's summary line shows (the report's headline), first one present.
+HEADLINE_METRICS = ("pass@1,plus", "exact_match,strict-match", "acc,none")
+
+
+@contextmanager
+def third_party_output(verbose: bool) -> Iterator[None]:
+    """Unless verbose: no `datasets` split bars, no lm-eval per-subtask bars ("building
+    contexts", "Tokenizing inputs": one per MMLU subject and pass) and no lm-eval warnings
+    below ERROR (57 "Overwriting default num_fewshot" lines per MMLU pass). The adapter's
+    own bar (one per task) and errors stay. Everything is restored on exit."""
+    if verbose:
+        yield
+        return
+    import logging
+
+    import datasets.utils.logging as ds_logging
+    import lm_eval.api.model
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    def silent_tqdm(*args, **kwargs):
+        kwargs["disable"] = True  # callers pass disable=False explicitly
+        return tqdm(*args, **kwargs)
+
+    patched = [(m, m.tqdm) for m in (lm_eval.api.task, lm_eval.api.model)
+               if getattr(m, "tqdm", None) is tqdm]
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "datasets")]
+    levels = [lg.level for lg in loggers]
+    bars = ds_logging.is_progress_bar_enabled()
+    try:
+        for module, _ in patched:
+            module.tqdm = silent_tqdm
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        ds_logging.disable_progress_bar()
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
+def summary_line(label: str, body: dict, wall_s: float, out: Path) -> str:
+    """`<run>/<arm>/<task>: <metric> <value> ± <se> (n=<items>, <time>) -> <file>`, with
+    the headline metric (the first of HEADLINE_METRICS present, else the first top-level
+    metric)."""
+    top = [k for k in body["metrics"] if "/" not in k] or list(body["metrics"])
+    name = next((m for m in HEADLINE_METRICS if m in top), top[0] if top else None)
+    if name is None:
+        return f"{label}: no metrics ({_duration(wall_s)}) -> {out}"
+    m = body["metrics"][name]
+    se = f" ± {m['stderr']:.4f}" if m.get("stderr") is not None else ""
+    return (f"{label}: {name} {m['value']:.4f}{se} (n={body.get('n_items', '?')}, "
+            f"{_duration(wall_s)}) -> {out}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{sec:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def expand_suites(spec: str) -> list[str]:
@@ -163,12 +230,17 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
     lm.forget()  # stored scores and samples serve this task's replays only
     lm.score_seconds = 0.0
     if LM_EVAL_TASKS[task].generative:
+        from ftbench.evaluation.lm_eval_adapter import GenerationLimits
+
         lm.gen_stats = {"new_tokens": 0, "seconds": 0.0}
+        lm.gen_limits = GenerationLimits(lm.max_length)
         passes = []
         for i in range(lm.z_samples):
             lm.sample_index = i
             passes.append(lm_eval_result(lm, task, task_dir, s))
         lm.sample_index = 0
+        # Collective: every rank takes part, each having counted its share of the prompts.
+        limits = GenerationLimits.merge(lm.gather_object(lm.gen_limits.record()))
         if passes[0] is None:  # not rank 0
             return None
         body = passes[0] if len(passes) == 1 else merge_sample_passes(passes)
@@ -177,7 +249,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                               "tokens_per_s": (lm.gen_stats["new_tokens"] / seconds
                                                if seconds > 0 else None),
                               "batch_size": s.batch_size, "world_size": lm.world_size,
-                              "device": str(lm.device)}
+                              "device": str(lm.device), "limits": limits}
         body["model_s"] = seconds
         return body
     body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
@@ -261,12 +333,20 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
 def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSettings,
                     results_root: Path, data_dir: str | None, cache: Path,
                     log: Callable[[str], None] = print,
-                    ctx: DistContext | None = None) -> list[Path]:
+                    ctx: DistContext | None = None, verbose: bool = False) -> list[Path]:
     """Evaluate each model on each task; finished tasks with the same settings are kept.
 
-    Under torchrun (ctx with several ranks) every rank loads each model and scores its
-    share of the items; rank 0 gathers the outcomes and alone writes results files."""
-    ctx = ctx or DistContext()
+    Output: one progress bar and one summary line per task (`summary_line`); verbose=True
+    brings back the third-party output (`third_party_output`) and a line as each task
+    starts. Under torchrun (ctx with several ranks) every rank loads each model and scores
+    its share of the items; rank 0 gathers the outcomes and alone writes results files."""
+    with third_party_output(verbose):
+        return _evaluate_models(model_dirs, tasks, s, results_root, data_dir, cache, log,
+                                ctx or DistContext(), verbose)
+
+
+def _evaluate_models(model_dirs, tasks, s, results_root, data_dir, cache, log, ctx,
+                     verbose) -> list[Path]:
     say = log if ctx.is_main else (lambda m: None)
     mirror = resolve_data_dir(data_dir)
     if mirror is not None:
@@ -305,7 +385,12 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
             if lm is None:
                 lm = _make_lm(model_dir, s, mctx)
             t0 = time.perf_counter()
-            say(f"{record['run']}/{record['arm']}/{task}: evaluating")
+            label = f"{record['run']}/{record['arm']}/{task}"
+            if verbose:
+                say(f"{label}: evaluating")
+            # The task's one progress bar says which task it is.
+            if hasattr(lm, "progress_label"):
+                lm.progress_label = label
             if task in LM_EVAL_TASKS:
                 if task_dir is None:
                     task_dir = main_first(mctx, lambda: build_task_dir(cache, mirror))
@@ -321,10 +406,7 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
                           "wall_s": time.perf_counter() - t0, "created": now_iso(),
                           "world_size": mctx.world}
                 write_result(out, result)
-                headline = sorted(body["metrics"].items(), key=lambda kv: "/" in kv[0])[:3]
-                say(f"{record['run']}/{record['arm']}/{task}: " + ", ".join(
-                    f"{k} {v['value']:.4f}" for k, v in headline)
-                    + f" ({result['wall_s']:.0f}s) -> {out}")
+                say(summary_line(label, body, result["wall_s"], out))
             barrier(mctx)
             written.append(out)
     return written

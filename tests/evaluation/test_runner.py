@@ -132,6 +132,14 @@ def test_eval_cli_runs_a_pair_with_the_default_protocol_and_resumes(toy_pair_dir
     assert abs(g["mean"] - gsm["metrics"]["exact_match,strict-match"]["value"]) < 1e-12
     assert "exact_match_pass@5,strict-match" in gsm["metrics"]
     assert gsm["generation"]["new_tokens"] > 0
+    # The tiny models' context is 64 tokens: GSM8K's max_gen_toks (256) is capped at 32 and
+    # its 5-shot prompts lose their first tokens; the results say so.
+    limits = gsm["generation"]["limits"]
+    assert {k: limits[k] for k in ("max_seq_len", "cap", "requests", "max_gen_toks_requested",
+                                   "capped", "context_truncated")} == {
+        "max_seq_len": 64, "cap": 32, "requests": 2, "max_gen_toks_requested": [256],
+        "capped": 2, "context_truncated": 2}
+    assert 0 < limits["context_tokens_dropped_max"] <= limits["context_tokens_dropped"]
     base = read_result(tmp_path / run / "baseline" / "gsm8k.json")
     assert base["protocol"] == {"arch": "baseline", "n_samples": 1, "token_sampling": "greedy"}
     assert "spread" not in base
@@ -202,3 +210,63 @@ def test_relative_results_folder_works(toy_pair_dir, tmp_path, data_dir, monkeyp
     assert result.exit_code == 0, result.output
     r = read_result(tmp_path / "rel-results" / "oracle" / "oracle" / "humanevalplus.json")
     assert r["metrics"]["pass@1,plus"]["value"] == 1.0
+
+
+def test_eval_output_is_one_bar_and_one_line_per_task(toy_pair_dir, tmp_path, data_dir,
+                                                      eval_cache, capfd, caplog, monkeypatch):
+    import logging
+    import re
+
+    import datasets.config
+    import datasets.utils.logging as ds_logging
+    import lm_eval.api.task
+    import tqdm
+
+    def run(verbose: bool, name: str) -> tuple[list[str], str]:
+        # A fresh Arrow cache: `datasets` prints its split lines only when it builds one.
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / f"hf-{name}"))
+        lines: list[str] = []
+        evaluate_models([toy_pair_dir / "free-k0p5"], ["commonsense_qa"],
+                        EvalSettings(limit=2, z_draws=2), tmp_path / name, str(data_dir),
+                        eval_cache, log=lines.append, verbose=verbose)
+        captured = capfd.readouterr()
+        # Log records reach pytest's handler or stderr, depending on lm-eval's logging set-up.
+        printed = captured.out + captured.err + caplog.text
+        caplog.clear()
+        return lines, printed
+
+    capfd.readouterr()
+    bars_before = ds_logging.is_progress_bar_enabled()
+    level_before = logging.getLogger("lm_eval").level
+    lines, printed = run(verbose=False, name="quiet")
+    label = f"{toy_pair_dir.name}/free-k0p5/commonsense_qa"
+    assert len(lines) == 2 and lines[0].startswith("WARNING: --limit 2")
+    assert re.fullmatch(rf"{re.escape(label)}: acc,none \d\.\d{{4}} ± \d\.\d{{4}} "
+                        rf"\(n=2, \d+\.\ds\) -> .*commonsense_qa\.json", lines[1]), lines[1]
+    # One bar, the task's own (the second protocol is replayed from stored scores: no bar).
+    assert printed.count(" 0%|") == 1 and f"{label} loglikelihood" in printed, printed
+    assert "Generating" not in printed and "Overwriting default num_fewshot" not in printed
+    # Everything is put back for the rest of the process.
+    assert lm_eval.api.task.tqdm is tqdm.tqdm
+    assert ds_logging.is_progress_bar_enabled() == bars_before
+    assert logging.getLogger("lm_eval").level == level_before
+
+    lines, printed = run(verbose=True, name="verbose")
+    assert lines[1] == f"{label}: evaluating" and len(lines) == 3
+    assert "Generating validation split" in printed
+    assert "Overwriting default num_fewshot of commonsense_qa" in printed
+
+
+def test_summary_line_shows_the_headline_metric_with_its_standard_error(tmp_path):
+    from ftbench.evaluation.runner import summary_line
+
+    body = {"n_items": 164, "metrics": {
+        "pass@1,base": {"value": 0.25, "stderr": 0.03},
+        "pass@1,plus": {"value": 0.125, "stderr": 0.025}}}
+    assert summary_line("toy/baseline/humanevalplus", body, 75.4, tmp_path / "h.json") == (
+        f"toy/baseline/humanevalplus: pass@1,plus 0.1250 ± 0.0250 (n=164, 1m15s) -> "
+        f"{tmp_path / 'h.json'}")
+    mmlu = {"n_items": 57, "metrics": {"mmlu_anatomy/acc,none": {"value": 1.0, "stderr": None},
+                                      "acc,none": {"value": 0.5, "stderr": None}}}
+    assert summary_line("r/a/mmlu", mmlu, 3.25, tmp_path / "m.json").startswith(
+        "r/a/mmlu: acc,none 0.5000 (n=57, 3.2s)")
