@@ -36,3 +36,11 @@ def test_documented_examples_in_help_are_the_working_forms():
     assert "models/toy/* works too (data/ and pair.yaml are skipped)" in eval_help
     repro = " ".join(runner.invoke(app, ["repro", "--help"]).output.split())
     assert "synthetic experiment (section 4.1, Figure 4), measured." in repro
+
+
+def test_version_is_the_package_metadata_version():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__
