@@ -106,7 +106,7 @@ def score(args: argparse.Namespace) -> dict | None:
     expected = groundtruth.load_groundtruth(problems, wanted, folder, not_none, log=say)
     if args.groundtruth_only:
         return None
-    _STATE.update(dataset=args.dataset, samples=samples,
+    _STATE.update(dataset=args.dataset, samples=samples, not_none=not_none,
                   problems={k: problems[k] for k in wanted}, expected=expected)
     del problems
     plan = sample_memory(args)
@@ -165,21 +165,37 @@ def first_pass(n: int, parallel: int, args: argparse.Namespace) -> list[dict]:
 
 def rescore(checks: list[dict], args: argparse.Namespace) -> dict[int, str]:
     """Rescores, one at a time in this process, each sample whose failure may be the
-    machine's doing; returns {sample: why}."""
+    machine's doing; returns {sample: why}.
+
+    The limits are taken from the ground-truth times as recorded or as re-measured now
+    (the canonical solution run again, here, GC off), whichever is longer, then scaled:
+    a sample is compared with the reference solution on the machine as it is now, not
+    as it was when the ground truth was cached."""
     why = {i: r for i, c in enumerate(checks) if (r := rescore_reason(c))}
     if not why:
         return why
     say(f"EvalPlus {args.dataset}: rescoring {len(why)} samples that timed out or failed by "
         f"a time limit, one at a time, GC off, limits x{args.rescore_limit_scale:g}")
+    refs: dict[str, dict] = {}
     gc.disable()  # inherited by each sample's process
     try:
         for i in sorted(why):
+            task_id = _STATE["samples"][i]["task_id"]
+            if task_id not in refs:
+                refs[task_id] = reference_times_now(task_id)
             first = {k: checks[i][k] for k in ("base", "plus")}
-            checks[i] = _outcome_of(lambda: _check(i, args.rescore_limit_scale))
+            checks[i] = _outcome_of(lambda: _check(i, args.rescore_limit_scale, refs[task_id]))
             checks[i]["rescored"] = {"reason": why[i], "first": first}
     finally:
         gc.enable()
     return why
+
+
+def reference_times_now(task_id: str) -> dict[str, list[float]]:
+    expected = _STATE["expected"][task_id]
+    now = groundtruth.compute_task(_STATE["problems"][task_id], _STATE["not_none"])
+    return {w: [max(a, b) for a, b in zip(expected[f"{w}_time"], now[f"{w}_time"])]
+            for w in ("base", "plus")}
 
 
 def rescore_reason(check: dict) -> str | None:
@@ -200,7 +216,8 @@ def sandbox_record(plan: dict, results: list[dict], rescored: dict[int, str],
                                                                     r["plus_status"]])
     return {**plan,
             "time_limits": {"min_s": MIN_TIME_LIMIT_S, "ground_truth_factor":
-                            GT_TIME_LIMIT_FACTOR, "rescore_scale": args.rescore_limit_scale},
+                            GT_TIME_LIMIT_FACTOR, "rescore_scale": args.rescore_limit_scale,
+                            "rescore_reference": "max(cached, re-timed now) ground truth"},
             "gc": "frozen before forking samples; off while rescoring",
             "rescored": {r: sum(1 for v in rescored.values() if v == r) for r in reasons},
             "rescored_total": len(rescored), "rescored_changed": changed,
@@ -212,25 +229,28 @@ _STATE: dict = {}
 _FORK = multiprocessing.get_context("fork")
 
 
-def _check(i: int, limit_scale: float = 1.0) -> dict:
-    """Base and plus verdicts of sample i, each with whether a per-input time limit fired."""
+def _check(i: int, limit_scale: float = 1.0, ref_times: dict | None = None) -> dict:
+    """Base and plus verdicts of sample i, each with whether a per-input time limit fired.
+    ref_times: the reference times limits derive from, if not the cached ground truth's."""
     from evalplus.eval import untrusted_check
 
     st = _STATE
     sample = st["samples"][i]
     problem, expected = st["problems"][sample["task_id"]], st["expected"][sample["task_id"]]
-    code, entry, outputs, atol = sample["solution"], problem["entry_point"], None, problem["atol"]
+    code, entry, outputs = sample["solution"], problem["entry_point"], None
+    atol = problem["atol"]
     if st["dataset"] == "humaneval" and entry == "find_zero":
         code, entry, outputs = find_zero_check(problem, code)
         atol = 0  # the checker returns a bool; its own tolerance is atol
     out = {}
     for which in ("base", "plus"):
         inputs = problem[f"{which}_input"]
+        ref = ref_times[which] if ref_times else expected[f"{which}_time"]
         flag = st["probe"].arm()
         out[which] = untrusted_check(
             st["dataset"], code, inputs, entry,
             outputs(inputs) if outputs else expected[which], atol,
-            expected[f"{which}_time"], min_time_limit=MIN_TIME_LIMIT_S * limit_scale,
+            ref, min_time_limit=MIN_TIME_LIMIT_S * limit_scale,
             gt_time_limit_factor=GT_TIME_LIMIT_FACTOR * limit_scale)[0]
         out[f"{which}_time_limit"] = bool(flag.value)
     return out

@@ -114,9 +114,10 @@ def cpu_burners(n: int = 2):
 # HumanEval/32 goes through ftbench's own find_zero check.
 LOADED_SUBSET = {"humanevalplus": ["HumanEval/0", "HumanEval/10", "HumanEval/32",
                                    "HumanEval/129", "HumanEval/163"],
-                 "mbppplus": ["Mbpp/2", "Mbpp/630", "Mbpp/603", "Mbpp/765"]}
+                 "mbppplus": ["Mbpp/2", "Mbpp/3", "Mbpp/630", "Mbpp/765"]}
 
 
+@pytest.mark.slow  # about 20 s idle, a minute on a busy machine
 def test_the_oracle_scores_one_with_two_cpu_burning_processes_alongside(tmp_path, data_dir,
                                                                          mirror_cache):
     for task, ids in LOADED_SUBSET.items():
