@@ -173,7 +173,8 @@ class FtbenchLM(TemplateLM):
                       resolve_device(device))
             model, tokenizer, _ = load_pretrained(path, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
+        # lm-eval's "auto" / "auto:N" probe the largest batch that fits; not implemented.
+        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         # K draws by default for Free models; z_samples stays 1 because a plain lm-eval run
         # reads one sample per request (`ftbench eval` makes the n passes).
         draws = int(z_draws) if z_draws is not None else (

@@ -288,6 +288,20 @@ def code_data_fingerprint(mirror: Path | None, task: str, cache: Path) -> dict:
     return {"mode": "offline" if mirror else "online", "files": {path.name: file_sha256(path)}}
 
 
+def code_prompt_limits(lm, problems: list[dict], max_new_tokens: int) -> dict:
+    """The "generation.limits" block of a code task: EvalPlus prompts shortened to fit the
+    context, by the same rule as lm-eval prompts (`generation_budget`, which
+    evalplus_runner.generate_samples applies too: one budget for every prompt)."""
+    from ftbench.evaluation.lm_eval_adapter import GenerationLimits, generation_budget
+
+    limits = GenerationLimits(lm.max_length)
+    for p in problems:
+        _, allowed, dropped = generation_budget(lm.tok_encode(p["prompt"]), max_new_tokens,
+                                                lm.max_length)
+        limits.add(max_new_tokens, allowed, dropped)
+    return limits.record()
+
+
 def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
                     s: EvalSettings) -> dict:
     """Generate (in this process), score in EvalPlus's sandbox (another process)."""
@@ -302,6 +316,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         n = 1
     else:
         n = lm.z_samples
+        limits = code_prompt_limits(lm, problems, s.max_gen_toks * 2)
         rows = ep.generate_samples(lm, task, problems, n, s.temperature, s.max_gen_toks * 2,
                                    s.batch_size, s.seed)
         if rows is None:  # not rank 0: its samples went to rank 0, which scores them
@@ -314,7 +329,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         generation = {"new_tokens": new_tokens, "seconds": seconds,
                       "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
                       "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
-                      "device": str(getattr(lm, "device", "cpu"))}
+                      "device": str(getattr(lm, "device", "cpu")), "limits": limits}
     samples_path = out.with_suffix(".samples.jsonl")
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,

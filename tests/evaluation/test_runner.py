@@ -270,3 +270,16 @@ def test_summary_line_shows_the_headline_metric_with_its_standard_error(tmp_path
                                       "acc,none": {"value": 0.5, "stderr": None}}}
     assert summary_line("r/a/mmlu", mmlu, 3.25, tmp_path / "m.json").startswith(
         "r/a/mmlu: acc,none 0.5000 (n=57, 3.2s)")
+
+
+def test_code_prompts_shortened_to_fit_are_counted(toy_pair_dir):
+    from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+    from ftbench.evaluation.runner import code_prompt_limits
+
+    lm = FtbenchLM(path=str(toy_pair_dir / "baseline"))  # context 64
+    problems = [{"prompt": "K>__"}, {"prompt": "M>__MM!" * 10}]  # 4 and 70 tokens
+    limits = code_prompt_limits(lm, problems, 512)
+    assert limits == {"max_seq_len": 64, "cap": 32, "requests": 2,
+                      "max_gen_toks_requested": [512], "capped": 2, "context_truncated": 1,
+                      "context_tokens_dropped": 70 - 32, "context_tokens_dropped_max": 70 - 32}
+    assert code_prompt_limits(lm, problems[:1], 16)["capped"] == 0
