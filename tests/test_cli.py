@@ -50,6 +50,12 @@ def test_train_pair_dry_run_prints_arms_and_trains_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "baseline" in result.output and "free-k0p5" in result.output
     assert "tokens per step" in result.output
+    assert "vocab 4,096 from data.tokenizer.vocab_size" in result.output  # not the preset's
+    dry = json.loads(runner.invoke(app, ["train-pair", "--size", "toy", "--dry-run", "--json",
+                                         "--set", f"run.out_dir={tmp_path}"]).output)
+    info = json.loads(runner.invoke(app, ["info", "--size", "toy", "--json"]).output)
+    assert dry["arms"]["baseline"]["params"] == info["baseline"]["params_total"]
+    assert dry["arms"]["free-k0p5"]["params"] == info["free"]["params_total"]
     assert not any(tmp_path.iterdir())
 
 

@@ -45,13 +45,21 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
     from ftbench.data.pipeline import prepared_index
 
     index = prepared_index(cfg)
-    vocab = vocab_size or (index["vocab_size"] if index else cfg.model.vocab_size)
+    if vocab_size:
+        vocab, vocab_from = vocab_size, "the caller"
+    elif index:
+        vocab, vocab_from = index["vocab_size"], "the prepared tokenizer"
+    elif cfg.data.tokenizer.kind == "bpe":
+        # What `ftbench info --size` assumes too; the trained BPE can come out smaller.
+        vocab, vocab_from = cfg.data.tokenizer.vocab_size, "data.tokenizer.vocab_size (until " \
+            "the tokenizer is trained)"
+    else:
+        vocab, vocab_from = cfg.model.vocab_size, "the preset (until the tokenizer is trained)"
     arms = pair_arms(cfg, vocab)
     tokens_per_step = cfg.run.batch_size * cfg.data.seq_len
     out = {"config": dataclasses.asdict(cfg), "tokens_per_step": tokens_per_step,
            "total_tokens": tokens_per_step * cfg.run.steps, "vocab_size": vocab,
-           "vocab_from": "the prepared tokenizer" if index else "the preset (until the "
-                         "tokenizer is trained)",
+           "vocab_from": vocab_from,
            "data": plan_figures(cfg, index), "arms": {}}
     for arm in arms:
         cost = model_cost(arm.model, arm.arch, cfg.data.seq_len)
