@@ -355,17 +355,17 @@ def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSett
     brings back the third-party output (`third_party_output`) and a line as each task
     starts. Under torchrun (ctx with several ranks) every rank loads each model and scores
     its share of the items; rank 0 gathers the outcomes and alone writes results files."""
+    mirror = resolve_data_dir(data_dir)
+    if mirror is not None:
+        go_offline()  # before anything imports datasets or lm-eval (they read it at import)
     with third_party_output(verbose):
-        return _evaluate_models(model_dirs, tasks, s, results_root, data_dir, cache, log,
+        return _evaluate_models(model_dirs, tasks, s, results_root, mirror, cache, log,
                                 ctx or DistContext(), verbose)
 
 
-def _evaluate_models(model_dirs, tasks, s, results_root, data_dir, cache, log, ctx,
+def _evaluate_models(model_dirs, tasks, s, results_root, mirror, cache, log, ctx,
                      verbose) -> list[Path]:
     say = log if ctx.is_main else (lambda m: None)
-    mirror = resolve_data_dir(data_dir)
-    if mirror is not None:
-        go_offline()
     if s.limit is not None:
         say(f"WARNING: --limit {s.limit}: only the first {s.limit} items of each task are "
             "scored; the results are marked and are not comparable to full runs")
