@@ -146,8 +146,12 @@ class MapperTiles:
 
     @staticmethod
     def for_device(device: torch.device) -> "MapperTiles":
+        return MapperTiles.for_device_type(torch.device(device).type)
+
+    @staticmethod
+    def for_device_type(device_type: str) -> "MapperTiles":
         # CPUs like cache-sized tiles; GPUs like few, large kernels (256 MiB of scratch).
-        return MapperTiles(1024, 2**16) if torch.device(device).type == "cuda" else MapperTiles()
+        return MapperTiles(1024, 2**16) if device_type == "cuda" else MapperTiles()
 
 
 def binary_mapper(logits_NH: torch.Tensor, weight_CD: torch.Tensor, idx_N: torch.Tensor,

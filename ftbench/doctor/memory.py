@@ -1,0 +1,143 @@
+"""Measured peak memory of training steps, to hold the memory plan to account.
+
+CUDA: `torch.cuda.max_memory_allocated`, the bytes of live tensors at the peak.
+
+CPU: the process's resident high-water mark (VmHWM) minus its resident size just before
+the model is built, in a fresh subprocess. Two things make that delta a count of live
+tensor bytes rather than of what the C library happens to keep:
+- a warm-up step of a micro model first, so kernel code, thread pools and one-off
+  buffers are resident before the baseline is read (then `malloc_trim` returns the
+  warm-up's freed memory);
+- `MALLOC_MMAP_THRESHOLD_=65536`: every allocation above 64 KiB gets its own mapping,
+  returned to the system when freed, so a freed activation cannot stay resident in a
+  heap arena and count twice. (glibc's default raises the threshold up to 32 MiB as
+  memory is freed, after which freed tensors linger in the heap.)
+
+Usage: python -m ftbench.doctor.memory --size toy --arch free --batch 8 --seq 256 [--ckpt]
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status (needs Linux)")
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def step_config(size: str, batch: int, seq: int, ckpt: bool, layers: int | None = None,
+                overrides: dict | None = None):
+    from ftbench.config import pair_config_from_dict
+
+    model = {"max_seq_len": max(seq, 64), **(overrides or {})}
+    if layers:
+        model["n_layers"] = layers
+    return pair_config_from_dict({"size": size, "model": model, "data": {"seq_len": seq},
+                                  "latent": {"kappas_bits": [0.5]},
+                                  "run": {"batch_size": batch, "steps": 10,
+                                          "activation_checkpointing": ckpt}})
+
+
+def _train_steps(cfg, arch: str, steps: int, device):
+    import torch
+
+    from ftbench.training.arms import pair_arms
+    from ftbench.training.distributed import DistContext
+    from ftbench.training.loop import (autocast_dtype, build_arm_model, forward_loss,
+                                       make_optimizer)
+
+    arm = pair_arms(cfg, cfg.model.vocab_size)[0 if arch == "baseline" else 1]
+    ctx = DistContext(device=device)
+    model = build_arm_model(arm, cfg, ctx)
+    optim = make_optimizer(model, cfg)
+    amp = autocast_dtype(cfg, device)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.run.batch_size, cfg.data.seq_len + 1),
+                           generator=g).to(device)
+    for i in range(steps):
+        loss = forward_loss(model, arm, tokens, cfg, f"mem/{i}", 0, amp)["loss"]
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    return model, optim
+
+
+def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
+                 layers: int | None = None, overrides: dict | None = None) -> dict:
+    """Peak bytes of two training steps (the second has the optimiser state), this process."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(1)
+    warm = step_config("toy", 2, 16, ckpt, layers=2,
+                       overrides={"vocab_size": 64, "d_model": 32, "latent_bits": 4})
+    _train_steps(warm, arch, 2, device)
+    _trim()
+    cfg = step_config(size, batch, seq, ckpt, layers, overrides)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        model, optim = _train_steps(cfg, arch, 2, device)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        model, optim = _train_steps(cfg, arch, 2, device)
+        peak = _status("VmHWM") - base
+    return {"size": size, "arch": arch, "batch": batch, "seq": seq, "ckpt": ckpt,
+            "layers": cfg.model.n_layers, "device": device.type, "peak_bytes": int(peak)}
+
+
+def measure(size: str, arch: str, batch: int, seq: int, ckpt: bool = False,
+            layers: int | None = None, timeout: float = 600) -> dict:
+    """`measure_here` in a fresh subprocess (a clean high-water mark and allocator)."""
+    cmd = [sys.executable, "-m", "ftbench.doctor.memory", "--size", size, "--arch", arch,
+           "--batch", str(batch), "--seq", str(seq)]
+    if ckpt:
+        cmd.append("--ckpt")
+    if layers:
+        cmd += ["--layers", str(layers)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory measurement failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="peak memory of two training steps")
+    ap.add_argument("--size", default="toy")
+    ap.add_argument("--arch", default="free", choices=("baseline", "free"))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--ckpt", action="store_true")
+    a = ap.parse_args()
+    print(json.dumps(measure_here(a.size, a.arch, a.batch, a.seq, a.ckpt, a.layers)))
+
+
+if __name__ == "__main__":
+    main()

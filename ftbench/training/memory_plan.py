@@ -1,0 +1,267 @@
+"""Peak memory per rank of a training step, predicted from the config alone.
+
+The model counts what is alive at each phase of a step, in bytes, and takes the largest:
+
+- static, alive all step: fp32 parameters, the two AdamW moments (both sharded 1/W
+  under FSDP2), the units FSDP2 keeps gathered (the root: embeddings, final norm, head;
+  with W_post's unit through the backward, see distributed.parallelize; and two decoder
+  blocks, the one computing and the one prefetched), and under bf16 autocast the bf16
+  copies of every matmul weight, which autocast caches and autograd keeps for backward
+  (not sharded: plain autocast over fp32 FSDP parameters).
+- head phase (the start of the backward, the peak on every size measured): every
+  activation that autograd saved, plus the loss's transient: the log-softmax output it
+  saved and the two (tokens x V) fp32 gradients of the cross-entropy backward, plus the
+  head's weight gradient.
+- mapper phase (the Binary Mapper's backward, half-way): the first half's and the
+  encoder's activations, gradients so far, W_post's dense gradient and the mapper's
+  scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum).
+- optimiser phase: all gradients plus the fused AdamW step (in place).
+
+Saved activations per token and decoder block, in elements (read off what the ops save
+for backward, with SDPA's flash kernel): the block input and its norm (2D), q and k
+before and after RoPE (2D + 2Dkv), v (Dkv), the attention output and its contiguous
+copy for wo (2D), the residual sum and its norm (2D), and the SwiGLU's gate, up, SiLU
+and product (4F): 9D + 3Dkv + 4F. The encoder block saves about as much plus the norm
+of its queries (D); the injection block saves X + R and its norm (2D) beyond a block;
+the encoder readout, its norm and input (2D). With activation checkpointing a block
+keeps its input only (D), and one block's activations are rebuilt at a time.
+
+Checked against measured peaks on CPU (fp32; tests/training/test_memory_plan.py): within
+a few percent at toy, tiny and small, both arms, with and without checkpointing. Figures
+for bf16 autocast on GPU use 2-byte activations and are not yet checked on a GPU; CUDA
+also needs its context and allocator slack, reserved as 1 GiB + 10 % of the device.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ftbench.config.schema import PairConfig
+from ftbench.model.accounting import model_cost
+from ftbench.model.config import ModelConfig
+
+GiB = 2**30
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(text: str | int | float) -> int:
+    """'80GB', '80 GiB', '141e9' -> bytes. GB is 10^9 as vendors print it; GiB is 2^30."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"device memory {text!r}: expected a number with a unit, e.g. 80GB, "
+                         "80GiB or 141e9 (bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def usable_memory(device_memory: int, device_type: str = "cuda") -> int:
+    """What tensors may use: CUDA keeps ~1 GiB for its context and the allocator leaves
+    slack (fragmentation), reserved here as 10 % of the device."""
+    if device_type == "cuda":
+        return int(device_memory * 0.9 - GiB)
+    return int(device_memory * 0.9)
+
+
+def _block_act(cfg: ModelConfig) -> int:
+    D, Dkv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
+    return 9 * D + 3 * Dkv + 4 * F
+
+
+def _block_params(cfg: ModelConfig) -> int:
+    D, Dkv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
+    return 2 * D * D + 2 * D * Dkv + 3 * D * F + 2 * D
+
+
+def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, world: int = 1,
+               checkpointing: bool = False, bf16: bool = False,
+               device_type: str = "cpu") -> dict:
+    """Predicted peak bytes per rank of one training step of one arm, by component."""
+    from ftbench.model.binary_mapper import MapperTiles
+
+    cost = model_cost(cfg, arch, seq_len)
+    P = cost.params_total
+    D, V, L, H = cfg.d_model, cfg.vocab_size, cfg.n_layers, cfg.latent_bits
+    N = micro_batch * seq_len
+    a = 2 if bf16 else 4  # bytes of a saved activation
+    free = arch == "free"
+    sharded = world > 1
+
+    params = 4 * P / world
+    grads = 4 * P / world
+    optimizer = 8 * P / world
+    gathered = 0.0
+    if sharded:
+        root = cost.params_embedding + D
+        post = cost.params_post_sampler + (cost.params_encoder - _block_params(cfg) if free else 0)
+        gathered = 4 * (root + post + 2 * _block_params(cfg))
+    autocast_copies = 2 * (P - cost.params_embedding - cost.params_post_sampler
+                           + V * D) if bf16 else 0.0
+
+    block = _block_act(cfg) * N * a
+    if checkpointing:
+        blocks_saved = (L + (1 if free else 0)) * D * N * a
+        recompute = block
+    else:
+        blocks_saved = (L + (1 if free else 0)) * block
+        recompute = 0.0
+    free_extra = (cfg.d_model * 7 + H) * N * a if free else 0.0  # encoder q-norm, injection, readout
+    head_grad = 4 * V * D
+    head_transient = 12 * V * N  # fp32 log-softmax output + two (N, V) gradients
+    head_phase = blocks_saved + free_extra + head_transient + head_grad
+    recompute_phase = blocks_saved + free_extra + recompute + 2 * D * N * a + head_grad
+
+    scratch = 0.0
+    mapper_phase = 0.0
+    if free:
+        t = MapperTiles.for_device_type(device_type)
+        c = min(t.tokens, N)
+        H_lo = H // 2
+        n_lo, n_hi = 2**H_lo, 2 ** (H - H_lo)
+        hi_per_tile = max(1, min(n_hi, t.codes // n_lo))
+        scratch = 4 * c * (hi_per_tile * n_lo + n_hi * (1 + H_lo) + n_lo)
+        half = L // 2
+        acts_lower = (half + 1) * (D if checkpointing else _block_act(cfg)) * N * a
+        grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
+        mapper_phase = acts_lower + free_extra + grads_upper + 4 * cost.params_post_sampler \
+            + scratch
+    optim_phase = grads
+    phases = {"head": head_phase, "recompute": recompute_phase, "mapper": mapper_phase,
+              "optimizer": optim_phase}
+    peak_phase = max(phases, key=phases.get)
+    static = params + optimizer + gathered + autocast_copies
+    return {
+        "arch": arch, "params": P, "world_size": world, "micro_batch": micro_batch,
+        "seq_len": seq_len, "checkpointing": checkpointing, "bf16": bf16,
+        "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
+                  "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
+                  "activations": blocks_saved + free_extra + recompute,
+                  "loss_transient": head_transient, "mapper_scratch": scratch},
+        "phases": phases, "peak_phase": peak_phase,
+        "peak_bytes": int(static + phases[peak_phase]),
+    }
+
+
+def _fits(cfg, arch, seq_len, b, world, ckpt, bf16, device_type, usable) -> bool:
+    return arm_memory(cfg, arch, seq_len=seq_len, micro_batch=b, world=world,
+                      checkpointing=ckpt, bf16=bf16, device_type=device_type)["peak_bytes"] <= usable
+
+
+def max_micro_batch(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *, world: int = 1,
+                    checkpointing: bool = False, bf16: bool = False,
+                    device_type: str = "cuda") -> int:
+    """Largest per-device batch (sequences) whose predicted peak fits; 0 if none does."""
+    args = (cfg, arch, seq_len)
+    rest = (world, checkpointing, bf16, device_type, usable)
+    if not _fits(*args, 1, *rest):
+        return 0
+    lo, hi = 1, 2
+    while hi <= 1 << 20 and _fits(*args, hi, *rest):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _fits(*args, mid, *rest) else (lo, mid)
+    return lo
+
+
+def gpus_needed(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *,
+                checkpointing: bool, bf16: bool = True, limit: int = 4096) -> int | None:
+    """Fewest ranks (1, 2, 4, 8, then multiples of 8) at which one sequence per device
+    fits; None if even `limit` does not (the unsharded parts alone are too large)."""
+    worlds = [1, 2, 4] + list(range(8, limit + 1, 8))
+    for w in worlds:
+        if _fits(cfg, arch, seq_len, 1, w, checkpointing, bf16, "cuda", usable):
+            return w
+    return None
+
+
+def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str | None = None,
+                device_type: str | None = None) -> dict:
+    """Peak memory per rank for every arm of a resolved pair config at `world_size`, by
+    component, with and without activation checkpointing; with `device_memory` (bytes or
+    '80GB'), the largest per-device batch that fits and the ranks a 1-sequence micro-batch
+    needs. Device type: cuda when a device memory is given, else this machine's."""
+    import torch
+
+    from ftbench.training.arms import pair_arms
+
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if device_type is None:
+        device_type = "cuda" if device_memory is not None or torch.cuda.is_available() else "cpu"
+    bf16 = cfg.run.dtype == "bfloat16" or (cfg.run.dtype == "auto" and device_type == "cuda")
+    T = cfg.data.seq_len
+    if cfg.run.batch_size % world_size:
+        raise ValueError(f"run.batch_size={cfg.run.batch_size} is not divisible by "
+                         f"world_size={world_size}")
+    micro = max(1, cfg.run.batch_size // world_size // cfg.run.grad_accum)
+    mem = parse_memory(device_memory) if device_memory is not None else None
+    usable = usable_memory(mem, device_type) if mem is not None else None
+    out = {"size": cfg.size, "world_size": world_size, "device_type": device_type,
+           "dtype": "bfloat16" if bf16 else "float32", "seq_len": T, "micro_batch": micro,
+           "grad_accum": cfg.run.grad_accum,
+           "device_memory": mem, "usable_memory": usable,
+           "run_checkpointing": cfg.run.activation_checkpointing, "arms": {}}
+    for arm in pair_arms(cfg, cfg.model.vocab_size):
+        row = {}
+        for ckpt in (False, True):
+            key = "checkpointing" if ckpt else "no_checkpointing"
+            est = arm_memory(arm.model, arm.arch, seq_len=T, micro_batch=micro,
+                             world=world_size, checkpointing=ckpt, bf16=bf16,
+                             device_type=device_type)
+            if usable is not None:
+                est["max_micro_batch"] = max_micro_batch(
+                    arm.model, arm.arch, T, usable, world=world_size, checkpointing=ckpt,
+                    bf16=bf16, device_type=device_type)
+                est["fits"] = est["peak_bytes"] <= usable
+                est["gpus_needed"] = gpus_needed(arm.model, arm.arch, T, usable,
+                                                 checkpointing=ckpt, bf16=bf16)
+            row[key] = est
+        out["arms"][arm.name] = row
+    return out
+
+
+def _fmt(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_memory_plan(d: dict) -> list[str]:
+    """Lines for --dry-run: per arm, the peak and its parts, with and without checkpointing."""
+    lines = [f"memory plan per rank: {d['world_size']} rank(s), {d['device_type']} "
+             f"{d['dtype']}, micro-batch {d['micro_batch']} x {d['seq_len']} tokens"
+             + (f", device {_fmt(d['device_memory'])} ({_fmt(d['usable_memory'])} usable)"
+                if d.get("device_memory") else "")]
+    for name, row in d["arms"].items():
+        for key, label in (("no_checkpointing", "no ckpt"), ("checkpointing", "ckpt")):
+            e = row[key]
+            b = e["bytes"]
+            mark = " <- this run" if (key == "checkpointing") == d["run_checkpointing"] else ""
+            lines.append(
+                f"  {name:16s} {label:8s} peak {_fmt(e['peak_bytes']):>10s}  (params "
+                f"{_fmt(b['parameters'])}, grads {_fmt(b['gradients'])}, AdamW "
+                f"{_fmt(b['optimizer'])}, activations {_fmt(b['activations'])}, loss "
+                f"{_fmt(b['loss_transient'])}"
+                + (f", mapper scratch {_fmt(b['mapper_scratch'])}" if b["mapper_scratch"] else "")
+                + (f", FSDP gathered {_fmt(b['fsdp_gathered'])}" if b["fsdp_gathered"] else "")
+                + (f", bf16 weight copies {_fmt(b['autocast_weight_copies'])}"
+                   if b["autocast_weight_copies"] else "")
+                + f"; peak at {e['peak_phase']}){mark}")
+            if "max_micro_batch" in e:
+                fit = "fits" if e["fits"] else "does NOT fit"
+                need = e["gpus_needed"]
+                hint = ""
+                if not e["fits"] and e["max_micro_batch"]:
+                    accum = math.ceil(d["micro_batch"] * d.get("grad_accum", 1)
+                                      / e["max_micro_batch"])
+                    hint = f" (set run.grad_accum >= {accum})"
+                lines.append(f"  {'':16s} {'':8s} {fit}{hint}; largest micro-batch "
+                             f"{e['max_micro_batch']} sequences; 1 sequence per device needs "
+                             f"{need if need else 'more than 4096'} device(s)")
+    return lines
