@@ -78,6 +78,8 @@ class _BinaryMapper(torch.autograd.Function):
     def forward(ctx, logits_NH, weight_CD, idx_N, tiles):
         ctx.save_for_backward(logits_NH, weight_CD, idx_N)
         ctx.tiles = tiles
+        # Backward runs outside autocast: decide the matmul precision from the forward's.
+        ctx.matmul_dtype = tiles.matmul_dtype(logits_NH.device.type)
         return F.embedding(idx_N, weight_CD)
 
     @staticmethod
@@ -88,11 +90,13 @@ class _BinaryMapper(torch.autograd.Function):
             # Only Y carries value, so W_post's gradient is the embedding's scatter-add.
             grad_weight = torch.zeros_like(weight_CD).index_add_(0, idx_N, grad_ND.to(weight_CD.dtype))
         if ctx.needs_input_grad[0]:
-            grad_logits = _logits_grad(logits_NH, weight_CD, grad_ND, ctx.tiles)
+            grad_logits = _logits_grad(logits_NH, weight_CD, grad_ND, ctx.tiles,
+                                       ctx.matmul_dtype)
         return grad_logits, grad_weight, None, None
 
 
-def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
+def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles",
+                 matmul_dtype: torch.dtype | None = None):
     """dl/dL_{t,h} = sum_d a_{t,d} G_{t,d} (U_h(d) - sigmoid(L_{t,h})), a = g W_post^T.
 
     The code index splits into low and high halves of the bits, d = lo + 2^H_lo * hi, so
@@ -100,6 +104,12 @@ def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
     as (hi, lo, c) is written by a GEMM, scaled in place by G^lo and summed over lo by a
     batched matmul; G^hi weights the small result. G is never built, and the scratch is
     one (codes tile x token chunk) buffer, whatever the number of tokens.
+
+    `matmul_dtype` bf16: the GEMM a = g W_post^T (nearly all of the FLOPs) reads bf16
+    copies of g and W_post and accumulates in fp32; everything after it (a, G, A and the
+    sums over 2^H codes) stays fp32, since G is about 2^-H near the prior and a bf16 sum
+    of 65,536 terms would lose the gradient. On CUDA the GEMM writes fp32 directly
+    (out_dtype); elsewhere its bf16 result is widened, one more rounding of a.
     """
     N, H = logits_NH.shape
     H_lo = H // 2
@@ -110,7 +120,10 @@ def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
     ones_U_lo_T = torch.cat((torch.ones(n_lo, 1, device=device, dtype=work),
                              code_bits(H_lo, device, work)), dim=1).t().contiguous()
     U_hi_T = code_bits(H - H_lo, device, work).t().contiguous()  # (H_hi, n_hi)
-    weight = weight_CD if weight_CD.dtype == work else weight_CD.to(work)
+    lowp = matmul_dtype is not None and matmul_dtype != work
+    gemm_dtype = matmul_dtype if lowp else work
+    # One cast of W_post per backward (C x D x 2 bytes), not one per chunk.
+    weight = weight_CD if weight_CD.dtype == gemm_dtype else weight_CD.to(gemm_dtype)
     grad_NH = torch.empty(N, H, dtype=work, device=device)
     c_max = min(tiles.tokens, N)
     hi_per_tile = max(1, min(n_hi, tiles.codes // n_lo))
@@ -119,12 +132,15 @@ def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
     for s in range(0, N, c_max):
         e = min(s + c_max, N)
         c = e - s
-        g_T = grad_ND[s:e].to(work).t()
+        g_T = grad_ND[s:e].to(gemm_dtype).t()
         G_lo = code_probabilities(logits_NH[s:e, :H_lo]).t().contiguous()   # (n_lo, c)
         for h0 in range(0, n_hi, hi_per_tile):
             h1 = min(h0 + hi_per_tile, n_hi)
             aT = buf[:(h1 - h0) * n_lo * c].view((h1 - h0) * n_lo, c)
-            torch.mm(weight[h0 * n_lo:h1 * n_lo], g_T, out=aT)             # a^T tile
+            if lowp:
+                _mm_widened(weight[h0 * n_lo:h1 * n_lo], g_T, aT)
+            else:
+                torch.mm(weight[h0 * n_lo:h1 * n_lo], g_T, out=aT)         # a^T tile
             a3 = aT.view(h1 - h0, n_lo, c)
             a3.mul_(G_lo)
             torch.matmul(ones_U_lo_T, a3, out=S[h0:h1, :, :c])              # sum over lo
@@ -137,12 +153,46 @@ def _logits_grad(logits_NH, weight_CD, grad_ND, tiles: "MapperTiles"):
     return grad_NH.to(logits_NH.dtype)
 
 
+_OUT_DTYPE_MM: dict[str, bool] = {}
+
+
+def _mm_widened(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """out (fp32) = a @ b for low-precision a, b, accumulated in fp32."""
+    kind = a.device.type
+    if _OUT_DTYPE_MM.get(kind, True):
+        try:
+            torch.mm(a, b, out_dtype=out.dtype, out=out)
+            _OUT_DTYPE_MM[kind] = True
+            return
+        except (RuntimeError, TypeError, NotImplementedError):
+            _OUT_DTYPE_MM[kind] = False  # e.g. CPU builds: no fp32-output bf16 GEMM
+    out.copy_(torch.mm(a, b))
+
+
 @dataclass(frozen=True)
 class MapperTiles:
-    """Work sizes of the chunked backward: scratch is tokens x codes x 4 bytes."""
+    """Work sizes of the chunked backward: scratch is tokens x codes x 4 bytes.
+
+    `matmul`: precision of the GEMM a = g W_post^T. "auto": bf16 when the forward ran
+    under bf16 autocast, else the input's (fp32, which CUDA runs as TF32 when
+    torch.backends.cuda.matmul allows it); "bf16" or "fp32" force it.
+    """
 
     tokens: int = 256
     codes: int = 4096
+    matmul: str = "auto"
+
+    def matmul_dtype(self, device_type: str) -> torch.dtype | None:
+        if self.matmul == "bf16":
+            return torch.bfloat16
+        if self.matmul == "fp32":
+            return None
+        if self.matmul != "auto":
+            raise ValueError(f"MapperTiles.matmul: {self.matmul!r} is not one of auto, bf16, fp32")
+        if torch.is_autocast_enabled(device_type) and \
+                torch.get_autocast_dtype(device_type) == torch.bfloat16:
+            return torch.bfloat16
+        return None
 
     @staticmethod
     def for_device(device: torch.device) -> "MapperTiles":

@@ -14,7 +14,8 @@ The model counts what is alive at each phase of a step, in bytes, and takes the 
   head's weight gradient.
 - mapper phase (the Binary Mapper's backward, half-way): the first half's and the
   encoder's activations, gradients so far, W_post's dense gradient and the mapper's
-  scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum).
+  scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum; under
+  bf16 also a bf16 copy of W_post for the GEMM).
 - optimiser phase: all gradients plus the fused AdamW step (in place).
 
 Saved activations per token and decoder block, in elements (read off what the ops save
@@ -122,6 +123,8 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         n_lo, n_hi = 2**H_lo, 2 ** (H - H_lo)
         hi_per_tile = max(1, min(n_hi, t.codes // n_lo))
         scratch = 4 * c * (hi_per_tile * n_lo + n_hi * (1 + H_lo) + n_lo)
+        if bf16:  # the GEMM's bf16 copy of W_post, made once per backward
+            scratch += 2 * cost.params_post_sampler
         half = L // 2
         acts_lower = (half + 1) * (D if checkpointing else _block_act(cfg)) * N * a
         grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
