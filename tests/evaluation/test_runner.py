@@ -171,7 +171,10 @@ def test_replicas_with_other_seeds_see_the_same_few_shot_prompts(data_dir, eval_
 
 def test_eval_bad_input_is_clear_and_keeps_results(toy_pair_dir, tmp_path, data_dir):
     result = runner.invoke(app, ["eval", str(tmp_path / "nowhere"), "--suite", "math"])
-    assert result.exit_code == 2 and "not an exported ftbench model" in result.output
+    assert result.exit_code == 2 and "nowhere does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["eval", str(tmp_path / "empty"), "--suite", "math"])
+    assert result.exit_code == 2 and "is neither an exported ftbench model" in result.output
     result = runner.invoke(app, ["eval", "--model", "oracle", "--suite", "physics"])
     assert result.exit_code == 2 and "neither a suite" in result.output
     torn = tmp_path / toy_pair_dir.name / "baseline" / "gsm8k.json"
