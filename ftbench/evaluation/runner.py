@@ -4,7 +4,7 @@ files in the documented schema."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -176,6 +176,32 @@ def _same_settings(old: dict, new: dict) -> bool:
         old["model"].get("weights_sha256") == new["model"].get("weights_sha256")
 
 
+@contextmanager
+def rank_independent_prompts() -> Iterator[None]:
+    """Few-shot prompts that do not depend on the number of ranks.
+
+    lm-eval draws every document's few-shot examples from one random stream per task, in
+    document order, and under several ranks each rank walks only its own share (its
+    task.py says "TODO: need to offset doc_id by rank"): document i then gets other
+    examples than in one process. Here every rank builds the prompts of all documents, as
+    one process does, and keeps its share (documents rank, rank + W, ..., lm-eval's split).
+    """
+    from lm_eval.api.task import Task
+
+    original = Task.build_all_requests
+
+    def build_all_requests(self, *args, rank: int = 0, world_size: int = 1, **kwargs):
+        original(self, *args, rank=0, world_size=1, **kwargs)
+        if world_size > 1:
+            self._instances = [i for i in self._instances if i.doc_id % world_size == rank]
+
+    Task.build_all_requests = build_all_requests
+    try:
+        yield
+    finally:
+        Task.build_all_requests = original
+
+
 def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings,
                    keep_samples: bool = False) -> dict:
     """Run one lm-eval task; metrics (value, stderr) per result row, per-item outcomes
@@ -185,12 +211,15 @@ def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings,
 
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     # Every lm-eval seed follows the few-shot seed: `--seed` redraws Z only, so replicas
-    # see the very same prompts.
-    res = lm_eval.simple_evaluate(
-        model=lm, tasks=[task], task_manager=tm, num_fewshot=LM_EVAL_TASKS[task].num_fewshot,
-        limit=s.limit, log_samples=True, bootstrap_iters=1000, random_seed=s.fewshot_seed,
-        numpy_random_seed=s.fewshot_seed, torch_random_seed=s.fewshot_seed,
-        fewshot_random_seed=s.fewshot_seed)
+    # see the very same prompts (under any number of ranks: rank_independent_prompts).
+    sharded = getattr(lm, "world_size", 1) > 1
+    with rank_independent_prompts() if sharded else nullcontext():
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], task_manager=tm,
+            num_fewshot=LM_EVAL_TASKS[task].num_fewshot, limit=s.limit, log_samples=True,
+            bootstrap_iters=1000, random_seed=s.fewshot_seed,
+            numpy_random_seed=s.fewshot_seed, torch_random_seed=s.fewshot_seed,
+            fewshot_random_seed=s.fewshot_seed)
     if res is None:  # not rank 0: lm-eval gathered this rank's outcomes on rank 0
         return None
     metrics, per_item = {}, {}

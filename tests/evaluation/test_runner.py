@@ -286,3 +286,30 @@ def test_code_prompts_shortened_to_fit_are_counted(toy_pair_dir):
                       "max_gen_toks_requested": [512], "capped": 2, "context_truncated": 1,
                       "context_tokens_dropped": 70 - 32, "context_tokens_dropped_max": 70 - 32}
     assert code_prompt_limits(lm, problems[:1], 16)["capped"] == 0
+
+
+def test_few_shot_prompts_do_not_depend_on_the_number_of_ranks(data_dir, eval_cache):
+    import lm_eval.tasks
+
+    from ftbench.evaluation.runner import rank_independent_prompts
+
+    tm = lm_eval.tasks.TaskManager(include_path=str(build_task_dir(eval_cache, data_dir)),
+                                   include_defaults=False)
+    task = lm_eval.tasks.get_task_dict(["gsm8k"], tm)["gsm8k"]
+
+    def prompts(rank: int, world_size: int) -> dict[int, str]:
+        task.set_fewshot_seed(seed=0)  # as lm-eval does before building a task's requests
+        task.build_all_requests(limit=6, rank=rank, world_size=world_size)
+        return {i.doc_id: i.args[0] for i in task.instances}
+
+    single = prompts(0, 1)
+    assert sorted(single) == list(range(6))
+    # lm-eval alone: each rank draws the examples of its own documents only, so they differ.
+    plain = {**prompts(0, 2), **prompts(1, 2)}
+    assert sorted(plain) == sorted(single) and plain != single
+    with rank_independent_prompts():
+        shares = [prompts(r, 2) for r in (0, 1)]
+        assert prompts(0, 1) == single
+    assert sorted(shares[0]) == [0, 2, 4] and sorted(shares[1]) == [1, 3, 5]
+    assert {**shares[0], **shares[1]} == single
+    assert prompts(1, 2) == {d: plain[d] for d in (1, 3, 5)}  # restored on exit
