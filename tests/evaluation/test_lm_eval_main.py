@@ -103,7 +103,8 @@ def _logps(resps) -> list[float]:
 
 def test_hf_and_ftbench_models_run_in_one_process_and_agree(exported, fast_task_index):
     # --device cuda:0 is lm-eval's default: both backends must run on a CPU-only machine.
-    device = None if torch.cuda.is_available() else "cuda:0"
+    # With a GPU, compare on the CPU: FtbenchLM runs under bf16 autocast on a GPU.
+    device = "cpu" if torch.cuda.is_available() else "cuda:0"
     hf = _run_cli(exported, "hf", f"pretrained={exported / 'hf'},dtype=float32", "hf",
                   device=device)
     ours = _run_cli(exported, "ftbench", f"path={exported / 'arm'}", "ftbench", device=device)
