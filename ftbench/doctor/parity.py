@@ -125,22 +125,36 @@ def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int) -> 
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+    device, backend = _device_for(rank, world)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        ctx = DistContext(rank=rank, world=world, local_rank=rank, device=torch.device("cpu"))
+        ctx = DistContext(rank=rank, world=world, local_rank=rank, device=device)
         for fn, kwargs in jobs:
             fn(ctx, **kwargs)
     finally:
         dist.destroy_process_group()
 
 
+def _device_for(rank: int, world: int) -> tuple[torch.device, str]:
+    """One GPU per rank with NCCL where there are enough GPUs, else CPU with gloo."""
+    if torch.cuda.is_available() and torch.cuda.device_count() >= world:
+        torch.cuda.set_device(rank)
+        # cuBLAS is deterministic only with a fixed workspace; some CUDA kernels
+        # (index_add_) have no deterministic variant, hence warn_only there.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return torch.device("cuda", rank), "nccl"
+    torch.use_deterministic_algorithms(True)
+    return torch.device("cpu"), "gloo"
+
+
 def run_local(jobs: list) -> None:
     """Run `(fn, kwargs)` jobs in this process as world size 1 (no process group)."""
     from ftbench.training.distributed import DistContext
 
-    ctx = DistContext(device=torch.device("cpu"))
+    device, _ = _device_for(0, 1)
+    ctx = DistContext(device=device)
     for fn, kwargs in jobs:
         fn(ctx, **kwargs)
 
