@@ -114,8 +114,10 @@ def test_busy_machine_ratio_is_flagged_with_its_load(roots, tmp_path):
     # CPU time, less sensitive to other jobs, agrees here: shown as a finding.
     i, cpu = rows["training CPU time / token"]
     assert cpu[1].startswith("1.100x") and (i, 1) not in measured.muted
-    assert any(b.text.startswith("UNRELIABLE OVERHEAD: free-k0p5 training time / token (wall)")
-               for b in _blocks(doc, Banner))
+    warning = [b.text for b in _blocks(doc, Banner) if b.text.startswith("UNRELIABLE")]
+    assert len(warning) == 1 and warning[0].startswith(
+        "UNRELIABLE OVERHEAD: free-k0p5: training time / token (wall) 0.594x against")
+    assert "(machine load up to 6.4)" in warning[0] and "CPU time" not in warning[0]
 
 
 def test_quiet_machine_ratio_agrees_with_analytic(roots, tmp_path):
