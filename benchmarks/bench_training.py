@@ -22,12 +22,14 @@ from ftbench.config import pair_config_from_dict
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import pair_arms
 from ftbench.training.distributed import DistContext
-from ftbench.training.hardware import PeakMemory, peak_flops
+from ftbench.doctor.memory import measure
+from ftbench.training.hardware import peak_flops
 from ftbench.training.loop import autocast_dtype, build_arm_model, forward_loss, make_optimizer
+from ftbench.training.memory_plan import arm_memory
 
 
 def bench_size(size: str, batch: int, seq: int, steps: int, layers: int | None,
-               device: torch.device) -> dict:
+               device: torch.device, measure_memory: bool = True) -> dict:
     model = {"max_seq_len": max(seq, 256)}
     if layers:
         model["n_layers"] = layers
@@ -69,9 +71,15 @@ def bench_size(size: str, batch: int, seq: int, steps: int, layers: int | None,
         t = statistics.median(times[arm.name])
         tps = batch * seq / t
         flops = model_cost(arm.model, arm.arch, seq).train_flops_per_token
-        out[arm.name] = {"step_s": t, "tokens_per_s": tps,
+        planned = arm_memory(arm.model, arm.arch, seq_len=seq, micro_batch=batch,
+                             bf16=amp is not None, device_type=device.type)["peak_bytes"]
+        out[arm.name] = {"step_s": t, "tokens_per_s": tps, "flops_per_token": flops,
+                         "planned_peak": planned,
                          "mfu": flops * tps / peak if peak else None,
-                         "peak_memory": PeakMemory(device).peak() if device.type == "cuda" else None}
+                         # Interleaved arms share one process, so each arm's peak is
+                         # measured alone in a fresh one (ftbench.doctor.memory).
+                         "peak_memory": measure(size, arm.arch, batch, seq, layers=layers)[
+                             "peak_bytes"] if measure_memory else None}
     return out
 
 
@@ -84,6 +92,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None,
                     help="override the preset's depth (a 1.5B-shaped model with fewer layers)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-memory", action="store_true",
+                    help="skip the per-arm peak memory measurement (a subprocess per arm)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,12 +102,17 @@ def main() -> None:
           f"batch {args.batch} x {args.seq}, median of {args.steps} interleaved steps")
     print(f"{'size':7s}{'arm':11s}{'step s':>9s}{'tokens/s':>11s}{'MFU':>7s}")
     for size in args.sizes.split(","):
-        res = bench_size(size, args.batch, args.seq, args.steps, args.layers, device)
+        res = bench_size(size, args.batch, args.seq, args.steps, args.layers, device,
+                         not args.no_memory)
         for name, r in res.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
             print(f"{size:7s}{name:11s}{r['step_s']:9.3f}{r['tokens_per_s']:11.0f}{mfu:>7s}")
         b, f = res["baseline"], res["free-k0p5"]
-        print(f"{size:7s}Free/baseline time ratio {f['step_s'] / b['step_s']:.3f}")
+        print(f"{size:7s}Free/baseline time ratio {f['step_s'] / b['step_s']:.3f} measured, "
+              f"{f['flops_per_token'] / b['flops_per_token']:.3f} analytic FLOPs; planned peak "
+              f"memory ratio {f['planned_peak'] / b['planned_peak']:.3f}"
+              + (f", measured {f['peak_memory'] / b['peak_memory']:.3f}"
+                 if b["peak_memory"] else ""))
 
 
 if __name__ == "__main__":

@@ -181,11 +181,12 @@ def gpus_needed(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *,
 
 
 def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str | None = None,
-                device_type: str | None = None) -> dict:
+                device_type: str | None = None, vocab_size: int | None = None) -> dict:
     """Peak memory per rank for every arm of a resolved pair config at `world_size`, by
     component, with and without activation checkpointing; with `device_memory` (bytes or
     '80GB'), the largest per-device batch that fits and the ranks a 1-sequence micro-batch
-    needs. Device type: cuda when a device memory is given, else this machine's."""
+    needs. Device type: cuda when a device memory is given, else this machine's.
+    `vocab_size`: the prepared tokenizer's, when known (default: the config's)."""
     import torch
 
     from ftbench.training.arms import pair_arms
@@ -207,7 +208,7 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
            "grad_accum": cfg.run.grad_accum,
            "device_memory": mem, "usable_memory": usable,
            "run_checkpointing": cfg.run.activation_checkpointing, "arms": {}}
-    for arm in pair_arms(cfg, cfg.model.vocab_size):
+    for arm in pair_arms(cfg, vocab_size or cfg.model.vocab_size):
         row = {}
         for ckpt in (False, True):
             key = "checkpointing" if ckpt else "no_checkpointing"
