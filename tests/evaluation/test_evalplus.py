@@ -35,6 +35,10 @@ def test_oracle_scores_one_on_all_of_humaneval_plus_and_mbpp_plus(tmp_path, data
             assert len(r["per_item"][key]) == counts[r["task"]]
         samples = [json.loads(l) for l in (path.parent / r["samples_file"]).read_text().splitlines()]
         assert len(samples) == counts[r["task"]]
+        # What was rescored, and why, travels into the results.
+        sandbox = json.loads(path.with_suffix(".sandbox.json").read_text())
+        assert r["sandbox"] == sandbox["sandbox"]
+        assert r["sandbox"]["rescored_total"] == sum("rescored" in x for x in sandbox["results"])
 
 
 HOSTILE = {
