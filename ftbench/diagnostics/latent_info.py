@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -226,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("arms", nargs="+", type=Path, help="exported Free arm folders")
     ap.add_argument("--windows", type=int, default=64, help="validation sequences to read")
     args = ap.parse_args(argv)
+    from ftbench.training.export import ModelLoadError
+
     for arm in args.arms:
-        info = measure_arm(arm, max_windows=args.windows)
+        try:
+            info = measure_arm(arm, max_windows=args.windows)
+        except (ValueError, FileNotFoundError, ModelLoadError) as e:
+            print(f"error: {arm}: {e}", file=sys.stderr)
+            return 2
         path = write_arm_info(arm, info, f"validation split, {info.n_tokens} tokens")
         flag = "  LATENT UNUSED" if info.unused else ""
         content = ("n/a" if info.mi_content_bits is None else f"{info.mi_content_bits:.4f}")

@@ -78,3 +78,21 @@ def test_piped_progress_lines_carry_elapsed_and_eta(capsys, monkeypatch):
     assert lines[0].endswith("[elapsed 0:30, ETA 4:30]")
     assert lines[1].endswith("[elapsed 1:00, ETA 0:00]")
     assert loop._clock(3725) == "1:02:05" and loop._clock(None) == "?"
+
+
+def test_measuring_an_exported_arm_matches_what_training_logged(tmp_path, capsys):
+    from ftbench.diagnostics.latent_info import FILE, main
+    from ftbench.training.pair import train_pair
+
+    cfg = tiny_pair_config(tmp_path / "models")
+    train_pair(cfg, log=_quiet)
+    arm = tmp_path / "models" / "tiny" / "free-k0p5"
+    logged = [json.loads(l) for l in (arm / "metrics.jsonl").read_text().splitlines()][-1]
+    # Validation read the first batch_size windows; measure the same ones afterwards.
+    assert main([str(arm), "--windows", str(cfg.run.batch_size)]) == 0
+    written = json.loads((arm / FILE).read_text())
+    assert written["mi_bits"] == pytest.approx(logged["val_mi_bits"], abs=1e-6)
+    assert written["logit_std"] == pytest.approx(logged["val_logit_std"], rel=1e-4, abs=1e-7)
+    assert written["kl_bits"] == pytest.approx(logged["val_kl_bits"], rel=1e-4)
+    assert main([str(tmp_path / "models" / "tiny" / "baseline")]) == 2
+    assert "not a Free Transformer" in capsys.readouterr().err
