@@ -154,6 +154,11 @@ def latent_blocks(rows: list[LatentRow]) -> list:
         Table(["arm", "KL bits/token", "MI bits/token", "MI beyond position", "logit sd",
                "items differing from baseline", "latent"], table),
     ]
+    per_task = [f"{r.label}: " + ", ".join(f"{t} {d}/{n}" for t, (d, n) in r.per_task.items())
+                for r in rows if len(r.per_task) > 1]
+    if per_task:
+        blocks.append(Paragraph("Items differing from the baseline, per benchmark: "
+                                + "; ".join(per_task) + "."))
     sources = {r.source for r in rows}
     blocks.append(Paragraph(f"Measured from: {next(iter(sources))}." if len(sources) == 1 else
                             "Measured from: " + "; ".join(f"{r.label}: {r.source}"

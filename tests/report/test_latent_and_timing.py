@@ -67,6 +67,8 @@ def test_unused_latent_is_flagged_whatever_its_kl(roots, tmp_path):
     # gsm8k: 30 % vs 50 % on the same 100 items differ on 20; mmlu: identical outcomes.
     assert row["items differing from baseline"] == "20 / 200 (10.0 %)"
     assert row["latent"] == "UNUSED"
+    assert any(p.text == "Items differing from the baseline, per benchmark: free-k0p5: "
+               "gsm8k 20/100, mmlu 0/100." for p in _blocks(doc, Paragraph))
     top = doc.blocks.index(next(b for b in doc.blocks if not isinstance(b, Banner)))
     assert any("LATENT UNUSED: free-k0p5" in b.text and "0.0004" in b.text
                for b in doc.blocks[:top])  # before any table: read first
@@ -217,3 +219,14 @@ def test_appendix_is_tables_without_empty_fields(roots, tmp_path):
     appendix = md[md.index("## Appendix"):]
     assert "hf_id" not in appendix and "hf\\_id" not in appendix and "{\"" not in appendix
     assert "d\\_model = 64" in appendix
+
+
+def test_verdicts():
+    from ftbench.report.latent import LatentRow, verdict
+
+    def row(mi, content):
+        return LatentRow("a", 0.2, 0.5, mi, content, 0.1, "x", None, None, {})
+    assert verdict(row(None, None)) == "MI not measured"
+    assert verdict(row(0.001, 0.001)) == "UNUSED"
+    assert verdict(row(0.3, 0.0)) == "position only"  # varies with t, not with the text
+    assert verdict(row(0.3, 0.2)) == verdict(row(0.3, None)) == "used"
