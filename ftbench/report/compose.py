@@ -268,9 +268,9 @@ def _overhead_section(doc: Document, arms: list[ArmResults],
 
 def _measured_table(doc: Document, pairs, measured, multi: bool) -> None:
     doc.add(Paragraph(
-        "Measured time per token, Free/baseline: training from every step's wall and CPU "
-        "time (metrics.jsonl; CPU time counts this process's work only, so other jobs inflate "
-        "it less), generation from the generative tasks. ± is twice the ratio's relative sd: "
+        "Measured time per token, Free/baseline (time: wall clock): training from every "
+        "step's wall and CPU time (metrics.jsonl; CPU time counts this process's work only, "
+        "so other jobs inflate it less), generation from the generative tasks. ± is twice the ratio's relative sd: "
         "the spread over logging intervals of training (the first quarter of steps skipped as "
         "warm-up), or over tasks for generation. Load is the machine's mean 1-minute load "
         "average while each arm trained (baseline / Free). A ratio more than "

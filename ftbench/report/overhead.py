@@ -278,7 +278,8 @@ def judge(ratio: float, spread: float | None, analytic: float | None,
     if abs(dev) > 2 * spread:
         return (f"unreliable: {100 * dev:+.0f} % off analytic, beyond its noise "
                 f"(±{200 * spread:.0f} %), {load}")
-    return f"unreliable: noise ±{200 * spread:.0f} % exceeds ±{100 * RATIO_TOLERANCE:.0f} %, {load}"
+    return (f"unreliable: noise ±{200 * spread:.0f} % exceeds ±{100 * RATIO_TOLERANCE:.0f} %, "
+            f"{load}")
 
 
 def _combine(a: float | None, b: float | None) -> float | None:
@@ -310,29 +311,30 @@ def measured_ratios(base: ArmCost, free: ArmCost, base_records: list[dict],
     against its analytic counterpart and judged."""
     train_flops = free.train_flops_per_token / base.train_flops_per_token
     decode_flops = free.decode_flops_per_token / base.decode_flops_per_token
+    # "time" is wall-clock time; the labels are those earlier reports used.
+    wall_label = "training time / token (measured)"
+    cpu_label = "training CPU time / token (measured)"
     tb, tf = training_timing(base_records), training_timing(free_records)
     out = []
     if tb and tf:
         loads = [tb.load_avg, tf.load_avg]
         ratio = tf.wall_s_per_token / tb.wall_s_per_token
         spread = _combine(tb.wall_spread, tf.wall_spread)
-        out.append(MeasuredRatio("training time / token (wall)", ratio, spread, train_flops,
-                                 "training FLOPs", *loads, judge(ratio, spread, train_flops,
-                                                                 loads)))
+        out.append(MeasuredRatio(wall_label, ratio, spread, train_flops, "training FLOPs",
+                                 *loads, judge(ratio, spread, train_flops, loads)))
         if tb.cpu_s_per_token and tf.cpu_s_per_token:
             ratio = tf.cpu_s_per_token / tb.cpu_s_per_token
             spread = _combine(tb.cpu_spread, tf.cpu_spread)
-            out.append(MeasuredRatio("training CPU time / token", ratio, spread, train_flops,
-                                     "training FLOPs", *loads,
-                                     judge(ratio, spread, train_flops, loads)))
+            out.append(MeasuredRatio(cpu_label, ratio, spread, train_flops, "training FLOPs",
+                                     *loads, judge(ratio, spread, train_flops, loads)))
         else:
-            out.append(MeasuredRatio("training CPU time / token", None, None, train_flops,
-                                     "training FLOPs", *loads, None))
+            out.append(MeasuredRatio(cpu_label, None, None, train_flops, "training FLOPs",
+                                     *loads, None))
     else:
         ratio = (base.train_tokens_per_s / free.train_tokens_per_s
                  if base.train_tokens_per_s and free.train_tokens_per_s else None)
-        out.append(MeasuredRatio("training time / token (wall)", ratio, None, train_flops,
-                                 "training FLOPs", None, None,
+        out.append(MeasuredRatio(wall_label, ratio, None, train_flops, "training FLOPs",
+                                 None, None,
                                  None if ratio is None else
                                  judge(ratio, None, train_flops, [])))
     per_task, gen_loads = _generation_ratios(base_results, free_results)
@@ -343,7 +345,7 @@ def measured_ratios(base: ArmCost, free: ArmCost, base_records: list[dict],
         import statistics
         spread = statistics.stdev(per_task) / statistics.fmean(per_task)
     known = [x for x in gen_loads if x is not None]
-    out.append(MeasuredRatio("generation time / token (wall)", ratio, spread, decode_flops,
+    out.append(MeasuredRatio("generation time / token (measured)", ratio, spread, decode_flops,
                              "decode FLOPs", max(known) if known else None, None,
                              None if ratio is None else
                              judge(ratio, spread, decode_flops, gen_loads)))

@@ -86,14 +86,14 @@ def test_report_holds_the_expected_numbers(roots, tmp_path):
     # per-step times, so training falls back on the export's summary (no spread).
     measured = _table(doc, "measured")
     timing = {r[0]: r for r in measured.rows}
-    train = timing["training time / token (wall)"]
+    train = timing["training time / token (measured)"]
     toy = get_preset("toy")
     analytic = (model_cost(toy, "free", 128).train_flops_per_token
                 / model_cost(toy, "baseline", 128).train_flops_per_token)
     assert train[1] == "1.250x" and train[2] == f"{analytic:.3f}x (training FLOPs)"
     assert train[4] == (f"unreliable: {100 * (1.25 / analytic - 1):+.0f} % off analytic, no "
                         "spread recorded, load not recorded")
-    gen = timing["generation time / token (wall)"]
+    gen = timing["generation time / token (measured)"]
     assert gen[1] == "1.250x" and gen[2] == "1.000x (decode FLOPs)"
     assert gen[4] == "unreliable: +25 % off analytic, no spread recorded, load not recorded"
     row = measured.rows.index(gen)

@@ -107,18 +107,18 @@ def test_busy_machine_ratio_is_flagged_with_its_load(roots, tmp_path):
     doc = build_report(report_inputs(["r"], results, models), tmp_path / "figs")
     measured = _table(doc, "measured")
     rows = {r[0]: (i, r) for i, r in enumerate(measured.rows)}
-    i, wall = rows["training time / token (wall)"]
+    i, wall = rows["training time / token (measured)"]
     assert wall[1].startswith("0.594x ± ")
     assert wall[3] == "6.4 / 5.1"
     assert wall[4].startswith("unreliable: -") and "beyond its noise" in wall[4]
     assert wall[4].endswith("load 6.4")
     assert (i, 1) in measured.muted
     # CPU time, less sensitive to other jobs, agrees here: shown as a finding.
-    i, cpu = rows["training CPU time / token"]
+    i, cpu = rows["training CPU time / token (measured)"]
     assert cpu[1].startswith("1.100x") and (i, 1) not in measured.muted
     warning = [b.text for b in _blocks(doc, Banner) if b.text.startswith("UNRELIABLE")]
     assert len(warning) == 1 and warning[0].startswith(
-        "UNRELIABLE OVERHEAD: free-k0p5: training time / token (wall) 0.594x against")
+        "UNRELIABLE OVERHEAD: free-k0p5: training time / token (measured) 0.594x against")
     assert "(machine load up to 6.4)" in warning[0] and "CPU time" not in warning[0]
 
 
@@ -134,7 +134,7 @@ def test_quiet_machine_ratio_agrees_with_analytic(roots, tmp_path):
                    True, mi=0.3)
     doc = build_report(report_inputs(["r"], results, models), tmp_path / "figs")
     measured = _table(doc, "measured")
-    wall = next(r for r in measured.rows if r[0] == "training time / token (wall)")
+    wall = next(r for r in measured.rows if r[0] == "training time / token (measured)")
     assert wall[4] == "agrees with analytic" and not measured.muted & {(0, 1)}
 
 
