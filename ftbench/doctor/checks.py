@@ -191,7 +191,7 @@ def check_fsdp_and_reshard(nproc: int) -> list[Row]:
                           (loaded_state, dict(root=root, run="reshard", out=st / "saved"))])
             run_local([(train_phase, dict(root=root, run="single")),
                        (loaded_state, dict(root=root, run="reshard", out=st / "loaded")),
-                       (train_phase, dict(root=root, run="reshard"))])
+                       (train_phase, dict(root=root, run="reshard"))], like_world=nproc)
         except Exception as e:  # noqa: BLE001  (a failed launch is a failed row)
             msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             return [Row(f"FSDP2 {nproc} ranks vs 1 process", False, msg, "runs", 0,

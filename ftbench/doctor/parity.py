@@ -149,11 +149,13 @@ def _device_for(rank: int, world: int) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def run_local(jobs: list) -> None:
-    """Run `(fn, kwargs)` jobs in this process as world size 1 (no process group)."""
+def run_local(jobs: list, like_world: int = 2) -> None:
+    """Run `(fn, kwargs)` jobs in this process as world size 1 (no process group), on
+    the device kind that `spawn(like_world, ...)` uses, so the two are comparable (one GPU
+    and 2 ranks: both on CPU)."""
     from ftbench.training.distributed import DistContext
 
-    device, _ = _device_for(0, 1)
+    device, _ = _device_for(0, like_world)
     ctx = DistContext(device=device)
     for fn, kwargs in jobs:
         fn(ctx, **kwargs)
