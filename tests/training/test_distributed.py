@@ -42,7 +42,6 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
 
-@pytest.mark.slow
 def test_fsdp2_units_match_one_process_weights_and_moments(tmp_path):
     """W_post and the encoder are FSDP units of their own (grouped, see parallelize), the
     encoder block checkpointed: after 4 steps on 2 gloo ranks every weight and AdamW
