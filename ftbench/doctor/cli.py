@@ -36,7 +36,8 @@ def doctor(
     at --nproc ranks and resumed at one; a timed training step of --size (tokens/s, MFU,
     Free/baseline time vs FLOP ratio); measured peak memory vs the memory plan. Each row
     prints pass/fail, the figure and the expected range. Exit status 1 if any row fails.
-    About 3-4 minutes on a 2-core CPU."""
+    About 25 s on a quiet 2-core CPU, up to ~3 min on a busy one (a cold inductor cache
+    adds up to a minute)."""
     from ftbench.doctor.checks import run_doctor
     from ftbench.model.config import ConfigError
     from ftbench.model.presets import get_preset

@@ -10,6 +10,8 @@ and the rendezvous goes through a file, so no port can collide with another job.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -77,8 +79,10 @@ def train_phase(ctx, root: Path, run: str, stop_after: int | None = None, steps:
     cfg = parity_config(root, steps=steps, checkpoint_every=checkpoint_every, **run_options)
     train, val = parity_tokens(cfg.model.vocab_size)
     for arm in pair_arms(cfg, cfg.model.vocab_size):
-        train_arm(arm, cfg, train, val, root / run / arm.name, ctx, _fingerprint(arm.name),
-                  log=lambda s: None, stop_after=stop_after)
+        # train_arm's progress lines would bury the doctor's table; metrics.jsonl has it all.
+        with contextlib.redirect_stderr(io.StringIO()):
+            train_arm(arm, cfg, train, val, root / run / arm.name, ctx, _fingerprint(arm.name),
+                      log=lambda s: None, stop_after=stop_after)
 
 
 def loaded_state(ctx, root: Path, run: str, out: Path, steps: int = 4,

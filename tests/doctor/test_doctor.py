@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.slow
 def test_doctor_json_all_rows_pass():
-    # ~2.5-3 min on the 2-core CPU (160 s measured with other jobs on the machine).
+    # 25 s on a quiet 2-core CPU; 160 s measured with other jobs on the machine.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.run([sys.executable, "-m", "ftbench.doctor.cli", "--json"], env=env,
                          capture_output=True, text=True, timeout=600)
