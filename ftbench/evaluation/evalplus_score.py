@@ -231,7 +231,11 @@ _FORK = multiprocessing.get_context("fork")
 
 def _check(i: int, limit_scale: float = 1.0, ref_times: dict | None = None) -> dict:
     """Base and plus verdicts of sample i, each with whether a per-input time limit fired.
-    ref_times: the reference times limits derive from, if not the cached ground truth's."""
+    ref_times: the reference times limits derive from, if not the cached ground truth's.
+
+    fast_check stops a split at its first failing input, as `evalplus.evaluate` does by
+    default: the verdict is the same (one failure fails the split), and a wrong or
+    looping sample no longer spends a second on each of up to 1,000 plus inputs."""
     from evalplus.eval import untrusted_check
 
     st = _STATE
@@ -250,7 +254,7 @@ def _check(i: int, limit_scale: float = 1.0, ref_times: dict | None = None) -> d
         out[which] = untrusted_check(
             st["dataset"], code, inputs, entry,
             outputs(inputs) if outputs else expected[which], atol,
-            ref, min_time_limit=MIN_TIME_LIMIT_S * limit_scale,
+            ref, fast_check=True, min_time_limit=MIN_TIME_LIMIT_S * limit_scale,
             gt_time_limit_factor=GT_TIME_LIMIT_FACTOR * limit_scale)[0]
         out[f"{which}_time_limit"] = bool(flag.value)
     return out
