@@ -195,3 +195,20 @@ def test_progress_lines_show_count_and_eta(capsys):
     assert lines[0].startswith("EvalPlus mbpp: 2/20 samples scored") and "ETA" in lines[0]
     assert lines[-1].startswith("EvalPlus mbpp: 20/20 samples scored")
     assert not any("\r" in line for line in lines)
+
+
+def test_the_scorers_own_sandbox_folder_is_removed_even_on_error(tmp_path, monkeypatch):
+    import os
+
+    from ftbench.evaluation.evalplus_sandbox import sandbox_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cwd = os.getcwd()
+    with pytest.raises(RuntimeError, match="boom"):
+        with sandbox_folder(None) as path:
+            assert os.getcwd() == path and tempfile.gettempdir() == path
+            os.makedirs("a/b")
+            os.mkdir("locked", 0)
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    assert os.getcwd() == cwd and tempfile.tempdir == str(tmp_path)
