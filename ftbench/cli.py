@@ -153,6 +153,13 @@ def train_pair(
                              "budget (tokens needed, planned or prepared, epochs, per source), "
                              "parameters, FLOPs and memory per arm; train nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: machine-readable JSON."),
+    world_size: int = typer.Option(1, "--world-size", help="With --dry-run: ranks the memory "
+                                   "plan assumes (FSDP2 shards weights, grads and AdamW)."),
+    device_memory: Optional[str] = typer.Option(
+        None, "--device-memory", help="With --dry-run: memory per device, e.g. 80GB; the plan "
+                                      "then says whether each arm fits, the largest micro-batch "
+                                      "that does and how many GPUs a 1-sequence micro-batch "
+                                      "needs."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 
@@ -178,8 +185,8 @@ def train_pair(
         from ftbench.training.pair import dry_run
 
         try:
-            info = dry_run(cfg)
-        except DataError as e:
+            info = dry_run(cfg, world_size=world_size, device_memory=device_memory)
+        except (DataError, ValueError) as e:
             _fail(str(e))
         if as_json:
             typer.echo(json.dumps(info, indent=2, default=str))
@@ -192,6 +199,10 @@ def train_pair(
             typer.echo(f"  {name:18s} params {_human(a['params']):>8s}  train FLOPs/token "
                        f"{_human(a['train_flops_per_token']):>8s}  weights+grads+AdamW "
                        f"{a['state_memory_bytes'] / 2**30:.2f} GiB")
+        from ftbench.training.memory_plan import format_memory_plan
+
+        for line in format_memory_plan(info["memory_plan"]):
+            typer.echo(line)
         return
     from ftbench.api import run_train_pair
 
@@ -291,6 +302,10 @@ def eval_(
         True, "--verify-weights/--no-verify-weights",
         help="Check each model.safetensors against the sha256 recorded when it was exported "
              "and refuse a mismatch (skip only for weights changed on purpose)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also show lm-eval's and datasets' own logs and progress "
+                                      "bars (one bar per MMLU subject); by default one progress "
+                                      "line per task and the scores."),
 ) -> None:
     """Evaluate trained models on code, math and QA benchmarks.
 
@@ -303,8 +318,6 @@ def eval_(
     or GPUs, launch with torchrun: `torchrun --nproc_per_node=8 -m ftbench eval ...` (the
     scores are the same for any number of ranks).
     """
-    import dataclasses
-
     from ftbench.api import resolve_model_dirs
     from ftbench.data.errors import DataError
     from ftbench.evaluation.runner import EvalError, EvalSettings, evaluate_models, expand_suites
@@ -335,15 +348,13 @@ def eval_(
         for name, value in (("--z-draws", z_draws), ("--n-samples", n_samples)):
             if value is not None and value < 1:
                 raise EvalError(f"{name}: must be at least 1, got {value}")
-        extra = {}
-        if "verify_weights" in {f.name for f in dataclasses.fields(EvalSettings)}:
-            extra["verify_weights"] = verify_weights  # the runner passes it to load_pretrained
         settings = EvalSettings(limit=limit, z_protocol=z_protocol,
                                 compare_protocols=compare_protocols, z_draws=z_draws, seed=seed,
                                 fewshot_seed=fewshot_seed, batch_size=batch_size,
-                                n_samples=n_samples, temperature=temperature, **extra)
+                                n_samples=n_samples, temperature=temperature,
+                                verify_weights=verify_weights)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
-                        results / ".cache", ctx=ctx)
+                        results / ".cache", ctx=ctx, verbose=verbose)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:
         _fail(str(e))
     finally:
@@ -390,8 +401,30 @@ def report(
         typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
 
 
+@app.command("latent-info")
+def latent_info(
+    arms: list[Path] = typer.Argument(..., help="Exported Free arms, e.g. models/toy/free-k0p5."),
+    windows: int = typer.Option(64, "--windows", help="Validation sequences to read."),
+) -> None:
+    """Measure how much information a Free arm's latent carries, on its run's validation
+    split: KL to the prior, an upper bound on the mutual information between Z and the text
+    (per token, and beyond what the position alone explains) and the spread of the encoder's
+    bit logits. A KL paid with no information (MI < 0.01 bit/token) is flagged LATENT
+    UNUSED. Written to <arm>/latent_info.json, which the report reads; training logs the
+    same figures at each validation step (val_mi_bits), so this is for arms trained
+    before that or for another number of windows."""
+    from ftbench.diagnostics.latent_info import main as _measure
+
+    code = _measure([*map(str, arms), "--windows", str(windows)])
+    if code:
+        raise typer.Exit(code)
+
+
 from ftbench.data.cli import data_app  # noqa: E402  (after the commands they join)
+from ftbench.doctor.cli import doctor as _doctor  # noqa: E402
 from ftbench.repro.cli import repro_app  # noqa: E402
+
+app.command("doctor")(_doctor)
 
 app.add_typer(data_app, name="data")
 app.add_typer(repro_app, name="repro")

@@ -1,13 +1,28 @@
 import os
+import shutil
 import tempfile
 
-# Keep `datasets`' Arrow caches out of ~/.cache (set before anything imports datasets).
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ftbench-hf-datasets-"))
+# Keep `datasets`' Arrow caches and EvalPlus's ground-truth cache out of ~/.cache (set before
+# anything imports datasets or ftbench.evaluation, and inherited by subprocesses): a run must
+# not pass thanks to what an earlier run on this machine left behind. Removed at the end.
+_TEMP_CACHES = []
+for _var, _prefix in (("HF_DATASETS_CACHE", "ftbench-hf-datasets-"),
+                      ("FTBENCH_EVALPLUS_CACHE", "ftbench-evalplus-cache-")):
+    if not os.environ.get(_var):
+        os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
+        _TEMP_CACHES.append(os.environ[_var])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from ftbench.model import build_model, get_preset  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_temp_caches():
+    yield
+    for path in _TEMP_CACHES:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -57,6 +57,19 @@ def test_train_pair_dry_run_prints_arms_and_trains_nothing(tmp_path):
     assert dry["arms"]["baseline"]["params"] == info["baseline"]["params_total"]
     assert dry["arms"]["free-k0p5"]["params"] == info["free"]["params_total"]
     assert not any(tmp_path.iterdir())
+    assert set(dry["memory_plan"]["arms"]) == set(dry["arms"])
+
+
+def test_dry_run_memory_plan_for_a_device_and_its_bad_input(tmp_path):
+    result = runner.invoke(app, ["train-pair", "--size", "1.5b", "--dry-run", "--device-memory",
+                                 "80GB", "--world-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "memory plan per rank: 8 rank(s), cuda bfloat16" in result.output
+    assert "fit" in result.output and "<- this run" in result.output
+    for args, message in ((["--device-memory", "lots"], "expected a number with a unit"),
+                          (["--world-size", "3"], "not divisible by world_size=3")):
+        result = runner.invoke(app, ["train-pair", "--size", "toy", "--dry-run", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_train_pair_bad_input_exits_with_a_message(tmp_path):
@@ -275,3 +288,10 @@ def test_presets_and_info_give_the_same_counts():
         assert rows[name][7] == _human(info["baseline"]["params_total"])
         assert rows[name][8] == _human(info["free"]["params_total"])
     assert rows["toy"][5] == "4096"  # configs/toy.yaml's tokenizer, not the preset's 8192
+
+
+def test_latent_info_and_doctor_are_commands_with_clear_errors(tmp_path):
+    result = runner.invoke(app, ["latent-info", str(tmp_path / "absent")])
+    assert result.exit_code == 2 and "is not an exported ftbench model" in result.output
+    result = runner.invoke(app, ["doctor", "--size", "huge"])
+    assert result.exit_code == 2 and "huge" in result.output

@@ -156,6 +156,7 @@ class FtbenchLM(TemplateLM):
                  z_seed: int = 0, protocols: str | tuple[str, ...] | None = None,
                  z_samples: int = 1, temperature: float = 0.0, max_gen_toks: int = 256,
                  device: str | None = None, amp: str | None = "auto",
+                 verify_weights: bool | str = True,
                  ctx: DistContext | None = None, **_ignored: Any):
         super().__init__()
         # Under torchrun every rank holds the whole model and scores its share of the
@@ -171,7 +172,9 @@ class FtbenchLM(TemplateLM):
                                  "tokenizer objects)")
             device = (str(self.ctx.device) if self.ctx.distributed else
                       resolve_device(device))
-            model, tokenizer, _ = load_pretrained(path, device=device)
+            # From lm-eval's --model_args the flag arrives as text.
+            verify = str(verify_weights).strip().lower() not in ("false", "0", "no")
+            model, tokenizer, _ = load_pretrained(path, device=device, verify=verify)
         self.model, self.tokenizer = model.eval(), tokenizer
         # lm-eval's "auto" / "auto:N" probe the largest batch that fits; not implemented.
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)

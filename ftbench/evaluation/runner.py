@@ -3,6 +3,7 @@ files in the documented schema."""
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class EvalSettings:
     temperature: float = 0.0
     """0: greedy tokens (Free samples then differ only by Z)."""
     sandbox_parallel: int | None = None
+    verify_weights: bool = True
+    """Check model.safetensors against the sha256 recorded at export when loading."""
 
     def draws(self, arch: str) -> int:
         return (self.z_draws or FREE_Z_DRAWS) if arch == "free" else 1
@@ -71,6 +74,15 @@ class EvalSettings:
 
     def token_sampling(self) -> str:
         return "greedy" if self.temperature == 0 else f"temperature {self.temperature}"
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average when generation ends: the report judges measured speed
+    ratios by it (a busy machine makes them noise)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 # The metric a task's summary line shows (the report's headline), first one present.
@@ -278,7 +290,8 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                               "tokens_per_s": (lm.gen_stats["new_tokens"] / seconds
                                                if seconds > 0 else None),
                               "batch_size": s.batch_size, "world_size": lm.world_size,
-                              "device": str(lm.device), "limits": limits}
+                              "device": str(lm.device), "limits": limits,
+                              "load_avg": machine_load()}
         body["model_s"] = seconds
         return body
     body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
@@ -358,7 +371,8 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         generation = {"new_tokens": new_tokens, "seconds": seconds,
                       "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
                       "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
-                      "device": str(getattr(lm, "device", "cpu")), "limits": limits}
+                      "device": str(getattr(lm, "device", "cpu")), "limits": limits,
+                      "load_avg": machine_load()}
     samples_path = out.with_suffix(".samples.jsonl")
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,
@@ -534,4 +548,4 @@ def _make_lm(model_dir: Path | None, s: EvalSettings, ctx: DistContext):
     return FtbenchLM(path=str(model_dir), batch_size=s.batch_size, z_protocol=s.z_protocol,
                      z_draws=s.draws(arch), z_seed=s.seed, protocols=s.protocols(),
                      z_samples=s.samples(arch), temperature=s.temperature,
-                     max_gen_toks=s.max_gen_toks, ctx=ctx)
+                     max_gen_toks=s.max_gen_toks, verify_weights=s.verify_weights, ctx=ctx)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ftbench.data.tokenizer import EOT, PAD
-from ftbench.training.export import ModelLoadError, load_pretrained
+from ftbench.training.export import ModelLoadError, load_pretrained, publish_mode
 
 
 def llama_config(cfg, eot_id: int, pad_id: int) -> dict:
@@ -62,6 +62,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     tensors = llama_state_dict(model.state_dict(), cfg.n_layers, cfg.tie_embeddings)
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    publish_mode(tmp)  # safetensors writes 0600; the rest of the export is 0644
     os.replace(tmp, out / "model.safetensors")
     files = {
         "config.json": llama_config(cfg, tokenizer.eot_id, tokenizer.pad_id),

@@ -42,16 +42,21 @@ def results_blocks(arms: list[ArmResults]) -> list:
     for a in arms:
         for task, r in sorted(a.results.items()):
             limit = r.get("limit")
+            lim = (r.get("generation") or {}).get("limits")
+            gen = ("—" if not lim else
+                   f"max {lim['max_gen_toks_requested'][-1] if lim.get('max_gen_toks_requested') else '?'}"
+                   f" new tokens; capped {lim.get('capped', 0)}/{lim.get('requests', 0)}, "
+                   f"prompts cut {lim.get('context_truncated', 0)}")
             rows.append([f"{a.run}/{a.arm}", task,
                          f"{r['n_items']}" + (f" (limit {limit})" if limit is not None else ""),
                          protocol_text(r["protocol"]), r.get("harness", "—"),
                          (r.get("data") or {}).get("mode", "—"), str(r.get("seed", "—")),
-                         f"{r['wall_s']:.0f} s"])
+                         gen, f"{r['wall_s']:.0f} s"])
             est = r["protocol"].get("estimator")
             if est:
                 estimators.setdefault(est, []).append(f"{a.arm}/{task}")
     blocks = [Table(["results file", "benchmark", "items", "protocol", "harness", "data",
-                     "seed", "wall"], rows)]
+                     "seed", "generation limits", "wall"], rows)]
     if estimators:
         blocks.append(Paragraph("Estimators, as the results files state them:"))
         blocks.append(Bullets([f"{est} ({', '.join(where)})" for est, where in estimators.items()]))

@@ -106,4 +106,26 @@ def banners(arms: list[ArmResults]) -> list[str]:
         if len(versions) > 1:
             out.append(f"MIXED DATA VERSIONS for {task}: the arms were scored on different "
                        "data files; its comparison is not paired.")
+    out += generation_limit_banners(arms)
     return out
+
+
+def generation_limit_banners(arms: list[ArmResults]) -> list[str]:
+    """Generative results whose new tokens were capped or whose prompts were cut to fit the
+    model's context (results' generation.limits): lm-eval's HF backend would refuse such
+    requests, ftbench scores them shortened, so the reader must know how many were."""
+    hits = []
+    for a in arms:
+        for task, r in sorted(a.results.items()):
+            lim = (r.get("generation") or {}).get("limits") or {}
+            if lim.get("capped") or lim.get("context_truncated"):
+                hits.append(f"{a.arm}/{task}: {lim.get('capped', 0)} of {lim.get('requests')} "
+                            f"capped at {lim.get('cap')} new tokens, "
+                            f"{lim.get('context_truncated', 0)} prompts cut (up to "
+                            f"{lim.get('context_tokens_dropped_max', 0)} tokens)")
+    if not hits:
+        return []
+    return ["GENERATION LIMITED BY THE CONTEXT: the model's context (max_seq_len) is shorter "
+            "than prompt + requested new tokens, so answers were cut short or prompts "
+            "shortened; scores understate what a longer context would allow. "
+            + "; ".join(hits) + "."]

@@ -209,6 +209,10 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     sampler = BatchSampler(train_tokens, cfg.data.seq_len, r.batch_size, r.seed)
     amp = autocast_dtype(cfg, ctx.device)
     flops_per_token = model_cost(arm.model, arm.arch, cfg.data.seq_len).train_flops_per_token
+    # The pair's baseline (the preset's depth, this arm's vocabulary): the analytic ratio the
+    # report sets beside the measured Free/baseline time ratio.
+    baseline_flops = model_cost(cfg.model.replace(vocab_size=arm.model.vocab_size), "baseline",
+                                cfg.data.seq_len).train_flops_per_token
     peak = peak_flops(ctx.device, amp)
     memory = PeakMemory(ctx.device)
     tokens_per_step = r.batch_size * cfg.data.seq_len
@@ -256,7 +260,9 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": rate,
                   "cpu_s_per_token": cpu, "load_avg": load,
                   "mfu": flops_per_token * rate / peak / ctx.world if peak else None,
-                  "peak_memory_bytes": memory.peak()}
+                  "peak_memory_bytes": memory.peak(),
+                  "train_flops_per_token": flops_per_token,
+                  "flop_ratio_vs_baseline": flops_per_token / baseline_flops}
         record.update({k: float(all_reduce_mean(torch.tensor(v), ctx)) for k, v in totals.items()})
         if arm.arch == "free":
             record["kl_bits"] = nats_to_bits(record.pop("kl_nats"))

@@ -39,8 +39,13 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
             "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key}
 
 
-def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
-    """Resolved config, per-arm parameters and FLOPs, a memory estimate; trains nothing."""
+def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
+            device_memory: int | str | None = None) -> dict:
+    """Resolved config, data budget, per-arm parameters and FLOPs, and the memory plan per
+    rank at `world_size` (with `device_memory`, whether it fits); trains nothing. Raises
+    ValueError for a world size or device memory the plan cannot use."""
+    from ftbench.training.memory_plan import memory_plan
+
     from ftbench.data.budget import plan_figures
     from ftbench.data.pipeline import prepared_index
 
@@ -71,6 +76,7 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None) -> dict:
             "state_memory_bytes": 16 * cost.params_total,
             "train_flops_total": cost.train_flops_per_token * tokens_per_step * cfg.run.steps,
         }
+    out["memory_plan"] = memory_plan(cfg, world_size, device_memory, vocab_size=vocab)
     return out
 
 

@@ -31,6 +31,9 @@ def test_exported_llama_gives_the_same_logits(trained, tmp_path):
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, ours(x).logits_BTV, rtol=1e-4, atol=1e-4)
+    # The weights are as readable as the other files (safetensors alone would write 0600).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
 
 
 def test_free_models_have_no_llama_export(trained, tmp_path):

@@ -61,3 +61,23 @@ def test_banners_and_bad_input(results_root, tmp_path):
                                            "gsm8k.json").read_text())
     with pytest.raises(ReportError, match="no baseline results"):
         main_table(collect(tmp_path, ["solo"]))
+
+
+def test_generation_capped_by_the_context_is_flagged_and_listed(results_root):
+    from ftbench.evaluation.lm_eval_adapter import GenerationLimits
+    from ftbench.report.appendix import results_blocks
+
+    limits = GenerationLimits(max_seq_len=128)
+    limits.add(256, 64, 0)    # new tokens capped at max_seq_len // 2
+    limits.add(256, 64, 30)   # and the prompt's first 30 tokens dropped
+    limits.add(32, 32, 0)
+    r = _result("gsm8k", "math", "exact_match,strict-match", {"1": 1.0})
+    r["generation"] = {"new_tokens": 10, "seconds": 1.0, "limits": limits.record()}
+    write_result(results_root / "run" / "baseline" / "gsm8k.json", r)
+    arms = collect(results_root, ["run"])
+    text = " ".join(banners(arms))
+    assert "GENERATION LIMITED BY THE CONTEXT" in text
+    assert "baseline/gsm8k: 2 of 3 capped at 64 new tokens, 1 prompts cut (up to 30" in text
+    table = results_blocks(arms)[0]
+    row = next(row for row in table.rows if row[0].endswith("/baseline") and row[1] == "gsm8k")
+    assert "capped 2/3, prompts cut 1" in row[table.header.index("generation limits")]

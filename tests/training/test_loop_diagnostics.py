@@ -37,6 +37,11 @@ def test_metrics_hold_latent_information_cpu_time_and_load(tiny):
     records = [json.loads(l) for l in (tmp / "free" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["cpu_s_per_token"] > 0 for r in records)
     assert all("load_avg" in r for r in records)
+    # The analytic FLOP ratio the report sets beside the measured time ratio.
+    from ftbench.model.accounting import model_cost
+    ratio = (model_cost(free.model, "free", cfg.data.seq_len).train_flops_per_token
+             / model_cost(arms[0].model, "baseline", cfg.data.seq_len).train_flops_per_token)
+    assert ratio > 1 and all(r["flop_ratio_vs_baseline"] == pytest.approx(ratio) for r in records)
     val = [r for r in records if "val_kl_bits" in r]
     assert [r["step"] for r in val] == [2, 4]
     for r in val:  # logged beside the KL, at every validation step
