@@ -43,6 +43,13 @@ INFEASIBLE = {
     "path=models/toy/baseline --tasks ...":
         "`--tasks ...` is a placeholder, and lm-eval's CLI indexes its 14k tasks first "
         "(15-50 s); tests/evaluation/test_lm_eval_main.py runs this entry point",
+    "python -m ftbench.evaluation.lm_eval_main --model hf --model_args pretrained=out/ "
+    "--tasks ...":
+        "the same placeholder; tests/evaluation/test_lm_eval_main.py runs lm-eval's hf model "
+        "through this entry point on an exported toy baseline (parity with --model ftbench)",
+    "ftbench doctor":
+        "trains and times small models in several processes (25 s quiet, up to 3 min busy); "
+        "tests/doctor/test_doctor.py runs it and checks every row",
     "ftbench data prepare --size 1.5b --workers 64":
         "the 1.5b mix is streamed from the Hugging Face hub (offline here) and is 47B tokens; "
         "the toy run's data is prepared by train-pair above",
@@ -165,3 +172,8 @@ def test_readme_command_blocks_run_at_toy_size(tmp_path, monkeypatch, data_dir):
     assert "commonsense_qa" in output_of("ftbench data contamination")
     assert "tokens needed" in output_of("ftbench train-pair --config configs/small.yaml")
     assert not (tmp_path / "models/small").exists()  # --dry-run: nothing trained
+    plan = output_of("ftbench train-pair --size 1.5b --dry-run --world-size 8")
+    assert "memory plan per rank: 8 rank(s), cuda bfloat16" in plan and "fit" in plan
+    assert "vocabulary" in output_of("ftbench info models/toy")
+    assert "MI" in output_of("ftbench latent-info models/toy/free-k0p5")
+    assert (tmp_path / "models/toy/free-k0p5/latent_info.json").is_file()
