@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,evalplus-deps]"
+	$(BIN)/python -m pip install -q -e ".[dev,evalplus-deps,tensorboard]"
 	$(BIN)/python -m pip install -q --no-deps "evalplus==0.3.1"
 	touch $(STAMP)
 

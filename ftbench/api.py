@@ -217,10 +217,11 @@ def run_train_pair(cfg, fail) -> dict:
     from ftbench.training.checkpoint import CheckpointError
     from ftbench.training.loop import TrainingError
     from ftbench.training.pair import train_pair
+    from ftbench.training.trackers import TrackerUnavailable
 
     try:
         return train_pair(cfg)
-    except (DataError, CheckpointError, TrainingError) as e:
+    except (DataError, CheckpointError, TrainingError, TrackerUnavailable) as e:
         fail(str(e))
 
 
@@ -228,27 +229,19 @@ class ExportError(RuntimeError):
     """An export destination that cannot be written without losing or mixing files."""
 
 
-def _is_hf_export(folder: Path) -> bool:
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "LlamaForCausalLM" in (config.get("architectures") or [])
-
-
-def export_hf_atomic(model_dir: Path, out: Path, *, force: bool = False) -> Path:
-    """`export_hf` into a sibling folder, moved into place once complete.
+def export_hf_atomic(model_dir: Path, out: Path, *, force: bool = False,
+                     results_root: Path | None = None) -> Path:
+    """A Hugging Face export (Llama for a baseline, trust_remote_code for a Free arm) into
+    a sibling folder, moved into place once complete.
 
     Writing in place would leave a mix of two exports when the destination is not empty
     (and half of one after a crash). --force replaces only a folder that is itself a
-    Hugging Face Llama export: a mistyped path must never delete unrelated files.
+    Hugging Face export by ftbench: a mistyped path must never delete unrelated files.
     """
     import os
     import shutil
 
-    from ftbench.interop.hf_llama import export_hf
+    from ftbench.interop.hf_export import export_hf_any, is_hf_export
     from ftbench.training.export import publish_mode
 
     out = Path(out)
@@ -258,14 +251,14 @@ def export_hf_atomic(model_dir: Path, out: Path, *, force: bool = False) -> Path
     if occupied and not force:
         raise ExportError(f"--hf {out}: the folder is not empty; give a new folder, or "
                           "--force to replace an earlier export there")
-    if occupied and not _is_hf_export(out):
-        raise ExportError(f"--hf {out}: holds files that are not a Hugging Face Llama export; "
+    if occupied and not is_hf_export(out):
+        raise ExportError(f"--hf {out}: holds files that are not a Hugging Face export; "
                           "--force replaces only an earlier export. Give a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        export_hf(model_dir, tmp)
+        export_hf_any(model_dir, tmp, results_root)
         for f in tmp.iterdir():
             publish_mode(f)
         if out.is_dir() and not occupied:

@@ -13,6 +13,8 @@ from ftbench.model.config import ConfigError, ModelConfig
 SOURCE_KINDS = ("jsonl", "parquet", "text", "python_tree", "stdlib", "synthetic", "gsm8k", "hf")
 TOKENIZER_KINDS = ("bpe", "char")
 DTYPES = ("auto", "float32", "bfloat16")
+# Live dashboards (ftbench.training.trackers); metrics.jsonl is always written.
+TRACKERS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -119,6 +121,10 @@ class RunConfig:
     activation_checkpointing: bool = False
     matched_control: bool = False
     """Also train an (L+1)-layer baseline, parameter-matched to the encoder block."""
+    trackers: list[str] = field(default_factory=list)
+    """Live dashboards fed the same scalars as metrics.jsonl (always written), from rank 0:
+    tensorboard (<arm>/tb/, `pip install 'ftbench[tensorboard]'`) and wandb (<arm>/wandb/,
+    offline unless WANDB_MODE says otherwise; `pip install 'ftbench[wandb]'`)."""
 
 
 @dataclass
@@ -180,4 +186,10 @@ class PairConfig:
                               f"run.grad_accum={r.grad_accum}")
         if r.dtype not in DTYPES:
             raise ConfigError(f"run.dtype: {r.dtype!r} is not one of {', '.join(DTYPES)}")
+        for i, name in enumerate(r.trackers):
+            if name not in TRACKERS:
+                raise ConfigError(f"run.trackers[{i}]: {name!r} is not one of "
+                                  f"{', '.join(TRACKERS)}")
+        if len(set(r.trackers)) != len(r.trackers):
+            raise ConfigError(f"run.trackers: duplicate names in {r.trackers}")
         return self

@@ -8,6 +8,7 @@ sees the same Z per sequence as a single process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from ftbench.training.checkpoint import Checkpointer
 from ftbench.training.distributed import DistContext, all_reduce_mean, parallelize
 from ftbench.training.hardware import PeakMemory, peak_flops
 from ftbench.training.schedule import lr_at
+from ftbench.training.trackers import TrackerSet, open_trackers
 
 
 class TrainingError(RuntimeError):
@@ -206,6 +208,7 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         step = ckpt.load(latest, model, optim)
         log(f"{arm.name}: resumed from {latest} (step {step})")
     metrics = MetricsLog(arm_dir / "metrics.jsonl", ctx, step)
+    trackers = _open_trackers(arm, cfg, arm_dir, ctx, step)
     sampler = BatchSampler(train_tokens, cfg.data.seq_len, r.batch_size, r.seed)
     amp = autocast_dtype(cfg, ctx.device)
     flops_per_token = model_cost(arm.model, arm.arch, cfg.data.seq_len).train_flops_per_token
@@ -271,12 +274,15 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
             val = validate(model, arm, val_tokens, cfg, ctx, amp)
             record.update(val)
         metrics.write(record)
+        trackers.log(step, record)
         progress(step, record)
         if step % r.checkpoint_every == 0 or step == r.steps:
             ckpt.save(step, model, optim)
+            trackers.flush()  # a resume restarts here: every step up to it is on disk
         if stop_after is not None and step >= stop_after:
             break
     progress(None, None)
+    trackers.close()
     steady = rates[len(rates) // 4:] or rates  # skip warm-up steps in the summary
     tps = float(np.median(steady)) if steady else 0.0
     cpu_steady = cpu_per_token[len(cpu_per_token) // 4:] or cpu_per_token
@@ -285,6 +291,18 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
                      memory.peak(), time.perf_counter() - t_start, model,
                      cpu_s_per_token=float(np.median(cpu_steady)) if cpu_steady else None,
                      load_avg=float(np.mean(loads)) if loads else None)
+
+
+def _open_trackers(arm: Arm, cfg: PairConfig, arm_dir: Path, ctx: DistContext,
+                   resume_step: int) -> TrackerSet:
+    """run.trackers for this arm, on rank 0 only (the records are already global means)."""
+    if not ctx.is_main or not cfg.run.trackers:
+        return TrackerSet([])
+    config = {"arm": arm.name, "arch": arm.arch, "kappa_bits": arm.kappa_bits,
+              "arm_model": dataclasses.asdict(arm.model),
+              "pair_config": dataclasses.asdict(cfg)}
+    return open_trackers(cfg.run.trackers, arm_dir, resume_step, name=f"{cfg.run.name}/{arm.name}",
+                         group=cfg.run.name, config=config)
 
 
 def _load_average() -> float | None:

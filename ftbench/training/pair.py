@@ -21,6 +21,7 @@ from ftbench.training.checkpoint import CheckpointError
 from ftbench.training.distributed import DistContext, barrier, init_distributed
 from ftbench.training.export import CONFIG, save_pretrained
 from ftbench.training.loop import train_arm
+from ftbench.training.trackers import require_trackers
 
 
 def run_dir(cfg: PairConfig) -> Path:
@@ -33,7 +34,8 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run = dataclasses.asdict(cfg.run)
     for free_to_change in ("checkpoint_every", "eval_every", "val_batches", "out_dir",
-                           "compile", "activation_checkpointing", "matched_control"):
+                           "compile", "activation_checkpointing", "matched_control",
+                           "trackers"):
         run.pop(free_to_change)
     return {"arm": arm.name, "model": h(dataclasses.asdict(arm.model)), "kappa_bits": arm.kappa_bits,
             "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key}
@@ -133,6 +135,7 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
     resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
+    require_trackers(cfg.run.trackers)  # a missing dashboard package, before hours of data prep
     created = _new_dirs(root) if ctx.is_main else []
     try:
         return _train_pair(cfg, root, planned, log, ctx)

@@ -1,0 +1,133 @@
+"""Live dashboards: what TensorBoard and W&B receive is what metrics.jsonl holds."""
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+from ftbench.config import dump_pair_config
+from ftbench.data.pipeline import prepare_data
+from ftbench.model.config import ConfigError
+from ftbench.training.arms import pair_arms
+from ftbench.training.distributed import DistContext
+from ftbench.training.loop import train_arm
+from ftbench.training.pair import arm_fingerprint
+from ftbench.training.trackers import TrackerUnavailable, require_trackers, scalars
+from tests.training.helpers import tiny_pair_config
+
+CTX = DistContext()
+
+
+def _quiet(*_):
+    pass
+
+
+def _train_with_a_resume(tmp_path, trackers, arm_index):
+    """Stop after step 4 (past the step-3 checkpoint, as a crash would), then resume: steps
+    4.. are trained and logged a second time."""
+    cfg = tiny_pair_config(tmp_path, trackers=trackers)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[arm_index]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    arm_dir = tmp_path / arm.name
+    train_arm(arm, cfg, data.train, data.val, arm_dir, CTX, fp, log=_quiet, stop_after=4)
+    first = arm_dir / "first-attempt"
+    first.mkdir()
+    for path in (arm_dir / "tb").glob("events.*"):
+        (first / path.name).write_bytes(path.read_bytes())
+    result = train_arm(arm, cfg, data.train, data.val, arm_dir, CTX, fp, log=_quiet)
+    assert result.steps == cfg.run.steps
+    return arm_dir
+
+
+def _tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # purge_orphaned_data (the default) applies the resumed writer's purge_step, as the
+    # TensorBoard UI does; size_guidance 0 keeps every event.
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def tensorboard_run(tmp_path_factory):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (make setup installs it)")
+    return _train_with_a_resume(tmp_path_factory.mktemp("tb"), ["tensorboard"], arm_index=1)
+
+
+def test_tensorboard_scalars_equal_metrics_jsonl_across_a_resume(tensorboard_run):
+    records = [json.loads(l) for l in (tensorboard_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for key, value in scalars(r).items():
+            expected.setdefault(key, []).append((r["step"], value))
+    # The Free arm's figures the issue names, training and validation, are all there.
+    assert {"loss", "ce", "kl_bits", "grad_norm", "lr", "tokens_per_s", "peak_memory_bytes",
+            "val_ce_prior", "val_elbo"} <= expected.keys()
+    assert any(k.startswith("frac") for k in expected), sorted(expected)
+
+    logged = _tensorboard_scalars(tensorboard_run / "tb")
+    assert logged.keys() == expected.keys()
+    for key, points in expected.items():
+        steps = [s for s, _ in logged[key]]
+        assert steps == [s for s, _ in points], key  # each step once, in order
+        for (_, got), (_, want) in zip(logged[key], points):
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-30), key  # event files: float32
+
+
+def test_the_interrupted_attempt_had_logged_the_repeated_step(tensorboard_run):
+    # Without this, the no-duplicates check above would prove nothing about the resume.
+    first = _tensorboard_scalars(tensorboard_run / "first-attempt")
+    assert [s for s, _ in first["loss"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                    reason="wandb is not installed (pip install 'ftbench[wandb]'; CI does not)")
+def test_wandb_offline_writes_its_run_folder_with_the_config_and_one_run_id(tmp_path,
+                                                                            monkeypatch):
+    # Offline, and every W&B file under tmp_path: nothing goes to the network or ~.
+    for var in ("WANDB_DIR", "WANDB_API_KEY", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    arm_dir = _train_with_a_resume(tmp_path, ["wandb"], arm_index=0)
+    run_id = (arm_dir / "wandb" / "run-id").read_text().strip()
+    runs = sorted((arm_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2  # the interrupted attempt and the resume ...
+    assert all(r.name.endswith(f"-{run_id}") for r in runs)  # ... continue one W&B run
+    for run in runs:
+        assert list(run.glob("*.wandb")), f"no run data in {run}"
+        config = (run / "files" / "config.yaml").read_text()
+        assert "pair_config" in config and "trackers" in config and "baseline" in config
+
+
+def test_an_unknown_tracker_name_is_a_config_error_listing_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.trackers\[1\]: 'mlflow' is not one of "
+                                          r"tensorboard, wandb"):
+        tiny_pair_config(tmp_path, trackers=["tensorboard", "mlflow"])
+
+
+def test_a_missing_tracker_package_names_the_extra_and_the_cli_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard: ImportError
+    with pytest.raises(TrackerUnavailable, match=r"pip install 'ftbench\[tensorboard\]'"):
+        require_trackers(["tensorboard"])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_pair_config(tiny_pair_config(tmp_path / "models")))
+    result = CliRunner().invoke(app, ["train-pair", "--config", str(config),
+                                      "--set", "run.trackers=[tensorboard]"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "pip install 'ftbench[tensorboard]'" in message
+    assert not (tmp_path / "models").exists()  # refused before any work
+
+
+def test_scalars_keep_numbers_only():
+    record = {"step": 3, "loss": 2.5, "mfu": None, "load_avg": 1, "note": "x", "ok": True,
+              "bad": math.nan}
+    assert scalars(record) == {"loss": 2.5, "load_avg": 1.0}
