@@ -231,13 +231,19 @@ def _echo_budget(d: dict) -> None:
 @app.command()
 def export(
     model_dir: Path = typer.Argument(..., help="An exported arm, e.g. models/toy/baseline."),
-    hf: Path = typer.Option(..., "--hf", help="Write a Hugging Face LlamaForCausalLM folder here "
-                                              "(new or empty)."),
+    hf: Path = typer.Option(..., "--hf", help="Write the Hugging Face folder here (new or "
+                                              "empty)."),
     force: bool = typer.Option(False, "--force", help="Replace a folder that holds an earlier "
                                "Hugging Face export (nothing else is ever replaced)."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results root folder: a "
+                                 "Free arm's model card lists results/<run>/<arm>/*.json."),
 ) -> None:
-    """Export a trained baseline as a Hugging Face Llama folder (config, safetensors,
-    tokenizer) that `transformers` loads offline. Free models have no such equivalent.
+    """Export a trained arm as a Hugging Face folder (config, safetensors, tokenizer) that
+    `transformers` loads offline. A baseline becomes a LlamaForCausalLM; a Free arm gets its
+    own modeling file and a model card (README.md), and loads with
+    AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True), ftbench not needed.
+    Its plain forward uses prior Z (the encoder never sees the tokens it scores);
+    generate() takes posterior Z over the prompt, as ftbench does.
 
     The folder is written beside its destination and moved into place when complete, so
     it never mixes files of two exports and a failed export leaves the old one intact.
@@ -246,10 +252,12 @@ def export(
     from ftbench.training.export import ModelLoadError
 
     try:
-        out = export_hf_atomic(model_dir, hf, force=force)
+        out = export_hf_atomic(model_dir, hf, force=force, results_root=results)
     except (ModelLoadError, ExportError) as e:
         _fail(str(e))
-    typer.echo(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    remote = (out / "modeling_free_transformer.py").is_file()
+    typer.echo(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained"
+               f"{', trust_remote_code=True' if remote else ''})")
 
 
 @app.command("eval")

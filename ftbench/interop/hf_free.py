@@ -1,0 +1,175 @@
+"""A trained Free arm as a Hugging Face folder that loads with trust_remote_code.
+
+transformers has no Free Transformer, so the folder carries its own modeling file
+(hf_free_modeling.py, which needs torch and transformers only), registered in config.json
+through `auto_map`. The weights keep ftbench's names: the export is a copy of the state
+dict, and the modeling file is what must agree with ftbench (tests/interop/test_hf_free.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ftbench.data.tokenizer import EOT, PAD
+from ftbench.training.export import ModelLoadError, load_pretrained, publish_mode
+
+MODELING_SOURCE = Path(__file__).with_name("hf_free_modeling.py")
+MODELING_FILE = "modeling_free_transformer.py"
+ARCHITECTURE = "FreeTransformerForCausalLM"
+MODEL_TYPE = "ftbench_free"
+
+
+def free_config(cfg, meta: dict, eot_id: int, pad_id: int) -> dict:
+    module = MODELING_FILE.removesuffix(".py")
+    return {
+        "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE,
+        "auto_map": {"AutoConfig": f"{module}.FreeTransformerConfig",
+                     "AutoModelForCausalLM": f"{module}.{ARCHITECTURE}"},
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "intermediate_size": cfg.ffn_hidden,
+        "max_position_embeddings": cfg.max_seq_len, "rope_base": cfg.rope_base,
+        "rms_norm_eps": cfg.norm_eps, "tie_embeddings": cfg.tie_embeddings,
+        "latent_bits": cfg.latent_bits, "kv_injection": cfg.kv_injection,
+        "bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": pad_id,
+        "torch_dtype": "float32",
+        # Provenance for the model card and for whoever finds the folder later.
+        "ftbench": {"arm": meta.get("arm"), "kappa_bits": meta.get("kappa_bits"),
+                    "steps": meta.get("steps"), "seed": meta.get("seed"),
+                    "weights_sha256": meta.get("weights_sha256")},
+    }
+
+
+def training_tokens(meta: dict) -> int | None:
+    """Tokens the arm was trained on: steps x batch x grad_accum x seq_len x world size."""
+    pair = meta.get("pair_config") or {}
+    run, data = pair.get("run") or {}, pair.get("data") or {}
+    try:
+        world = int((meta.get("summary") or {}).get("world_size") or 1)
+        return (int(meta["steps"]) * int(run["batch_size"]) * int(run.get("grad_accum", 1))
+                * int(data["seq_len"]) * world)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def evaluation_results(results_dir: Path) -> list[dict]:
+    """The headline metrics of results/<run>/<arm>/<task>.json, if the arm was evaluated."""
+    rows = []
+    for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(result, dict) or "task" not in result or "metrics" not in result:
+            continue  # sandbox records and other side files
+        for name, m in result["metrics"].items():
+            if "/" in name or not isinstance(m, dict):  # per-subtask rows of a group
+                continue
+            rows.append({"task": result["task"], "metric": name, "value": m.get("value"),
+                         "stderr": m.get("stderr"), "n_items": result.get("n_items"),
+                         "limit": result.get("limit"),
+                         "protocol": _protocol_text(result.get("protocol"))})
+    return rows
+
+
+def _protocol_text(protocol) -> str:
+    if isinstance(protocol, dict):
+        return ", ".join(f"{k}={v}" for k, v in protocol.items() if not isinstance(v, (dict, list)))
+    return "" if protocol is None else str(protocol)
+
+
+def model_card(meta: dict, results: list[dict]) -> str:
+    pair = meta.get("pair_config") or {}
+    sources = (pair.get("data") or {}).get("sources") or []
+    mix = ", ".join(f"{s.get('kind')}{':' + (s.get('path') or s.get('hf_id')) if s.get('path') or s.get('hf_id') else ''}"
+                    f" (weight {s.get('weight', 1.0):g})" for s in sources) or "not recorded"
+    tokens = training_tokens(meta)
+    lines = [
+        f"# {meta.get('arm', 'free')}: a Free Transformer exported by ftbench", "",
+        "A Free Transformer (Fleuret 2025, arXiv 2510.17558) trained with ftbench.", "",
+        f"- arm: `{meta.get('arm')}`",
+        f"- kappa (free bits of KL per token): {meta.get('kappa_bits')}",
+        f"- latent: {meta['model']['latent_bits']} bits per token "
+        f"({2 ** meta['model']['latent_bits']} codes), injection `{meta['model']['kv_injection']}`",
+        f"- training tokens: {tokens if tokens is not None else 'not recorded'} "
+        f"({meta.get('steps')} steps, seed {meta.get('seed')})",
+        f"- data mix: {mix}",
+        f"- weights sha256 (ftbench export): {meta.get('weights_sha256')}", "",
+        "## Loading", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(FOLDER, trust_remote_code=True)",
+        "tok = AutoTokenizer.from_pretrained(FOLDER, trust_remote_code=True)",
+        "ids = tok('...', return_tensors='pt').input_ids",
+        "out = model.generate(ids, max_new_tokens=32, do_sample=False, z_seed=0)",
+        "```", "",
+        "## Z protocol", "",
+        "- A plain forward uses **prior Z** (uniform codes; the encoder never runs), so the "
+        "encoder never sees the tokens it scores. Log-likelihoods from a plain forward, and "
+        "so from lm-eval's `hf` backend (`--model hf --model_args pretrained=FOLDER,"
+        "trust_remote_code=True`), are prior-Z log-likelihoods.",
+        "- `model(ids, latent='posterior')` runs the encoder over the tokens of the call "
+        "(first call only): use it only over tokens that may be shown to Z, e.g. a context.",
+        "- `model(ids, z=codes)` fixes Z.",
+        "- `generate()` samples posterior Z over the prompt and a fresh prior Z per new token, "
+        "as ftbench does; `z_protocol='prior'` uses prior Z for the prompt too; "
+        "`z_seed` / `z_generator` seed Z apart from token sampling.",
+        "- ftbench's own lm-eval adapter (`--model ftbench`) is the reference for this "
+        "model's benchmark numbers (posterior Z over the context only, prior Z for the "
+        "continuation).", "",
+        "## Evaluation", "",
+    ]
+    if results:
+        lines += ["| task | metric | value | stderr | items | limit | protocol |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results:
+            value = "" if r["value"] is None else f"{r['value']:.4g}"
+            stderr = "" if r["stderr"] is None else f"{r['stderr']:.3g}"
+            lines.append(f"| {r['task']} | {r['metric']} | {value} | {stderr} | "
+                         f"{r['n_items']} | {r['limit']} | {r['protocol']} |")
+    else:
+        lines.append("No evaluation results were found for this arm at export time.")
+    return "\n".join(lines) + "\n"
+
+
+def export_hf_free(model_dir: str | Path, out_dir: str | Path,
+                   results_dir: Path | None = None) -> Path:
+    """Write config, weights, tokenizer, modeling file and model card into `out_dir`.
+    `results_dir` (the arm's results/<run>/<arm> folder, if any) supplies the card's
+    evaluation table."""
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model, tokenizer, meta = load_pretrained(model_dir)
+    if meta["arch"] != "free":
+        raise ModelLoadError(f"{model_dir} is a {meta['arch']} model, not a Free Transformer")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    publish_mode(tmp)
+    os.replace(tmp, out / "model.safetensors")
+    files = {
+        "config.json": free_config(cfg, meta, tokenizer.eot_id, tokenizer.pad_id),
+        "generation_config.json": {"bos_token_id": tokenizer.eot_id,
+                                   "eos_token_id": tokenizer.eot_id,
+                                   "pad_token_id": tokenizer.pad_id},
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                  "eos_token": EOT, "bos_token": EOT, "pad_token": PAD,
+                                  "model_max_length": cfg.max_seq_len,
+                                  "clean_up_tokenization_spaces": False},
+        "special_tokens_map.json": {"eos_token": EOT, "bos_token": EOT, "pad_token": PAD},
+    }
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2))
+    shutil.copyfile(MODELING_SOURCE, out / MODELING_FILE)
+    tokenizer.save(out)
+    results = evaluation_results(Path(results_dir)) if results_dir is not None else []
+    (out / "README.md").write_text(model_card(meta, results))
+    return out
+
