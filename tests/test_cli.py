@@ -272,7 +272,7 @@ def test_export_hf_refuses_a_non_empty_folder_and_force_replaces_only_an_export(
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
     result = runner.invoke(app, ["export", str(arm), "--hf", str(other), "--force"])
-    assert result.exit_code == 2 and "not a Hugging Face Llama export" in result.output
+    assert result.exit_code == 2 and "not a Hugging Face export" in result.output
     assert (other / "thesis.tex").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
