@@ -400,13 +400,49 @@ def report(
     try:
         from ftbench.report.render import to_html, to_markdown
 
-        doc = build_report(report_inputs(runs, results, models), out_dir / "figures")
+        doc = build_report(report_inputs(runs, results, models), out_dir / "figures",
+                           table_csv=out_dir / "results.csv")
     except (ReportError, ValueError) as e:
         _fail(str(e))
     if "md" in formats:
         typer.echo(f"wrote {to_markdown(doc, out_dir)}")
     if "html" in formats:
         typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
+
+
+@app.command("results")
+def results_table(
+    runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy."),
+    fmt: str = typer.Option("csv", "--format", help="csv, parquet, json or md."),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: stdout, "
+                                       "for csv, json and md)."),
+    items: bool = typer.Option(False, "--items", help="Per-item outcomes instead of scores "
+                               "(one row per item, for paired analyses)."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
+    models: Path = typer.Option(Path("models"), "--models", help="Trained models root (each "
+                                "Free arm's κ is read from its config.json)."),
+) -> None:
+    """Write the runs' results as one tidy table: a row per (run, seed, arm, κ, task, metric,
+    Z protocol) with value, standard error, n items, Z protocol, K, n samples, limit, data
+    version and weights hash; the table the report is built from. In Python:
+    `ftbench.results_frame(["toy"])` and `ftbench.items_frame(["toy"])`."""
+    import sys
+
+    from ftbench.report.collect import ReportError
+    from ftbench.report.frame import FORMATS, frame_bytes, items_frame, results_frame, write_frame
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if out is None and fmt == "parquet":
+        _fail("--format parquet is binary: name a file with --out FILE.parquet")
+    try:
+        frame = (items_frame if items else results_frame)(runs, results, models)
+        if out is None:
+            sys.stdout.buffer.write(frame_bytes(frame, fmt))
+            return
+        typer.echo(f"wrote {write_frame(frame, out, fmt)} ({len(frame)} rows)", err=True)
+    except ReportError as e:
+        _fail(str(e))
 
 
 @app.command("latent-info")

@@ -11,7 +11,8 @@ from ftbench.report import plots
 from ftbench.report.collect import HEADLINE, ArmResults, ReportError, banners, collect
 from ftbench.report.appendix import config_blocks, results_blocks
 from ftbench.report.contamination import contamination_blocks
-from ftbench.report.document import Banner, Document, Figure, Heading, Paragraph, Table
+from ftbench.report.document import Banner, Document, Figure, Heading, Link, Paragraph, Table
+from ftbench.report.frame import frame_from_arms, headline_replicas, headline_scores, write_frame
 from ftbench.report.latent import latent_banners, latent_blocks, latent_rows
 from ftbench.report.overhead import (PAPER_OVERHEAD, RATIO_TOLERANCE, ArmCost, arm_cost,
                                      eval_time_rows, load_text, measured_ratios, measured_text,
@@ -33,13 +34,14 @@ class ReportInputs:
     models_root: Path
 
 
-def build_report(inp: ReportInputs, figures_dir: Path) -> Document:
+def build_report(inp: ReportInputs, figures_dir: Path, table_csv: Path | None = None) -> Document:
+    """table_csv: also write the results frame there (results.csv) and link it."""
     repro_dirs = {run: d for run in inp.runs if (d := find_repro(inp.results_root, run))}
     arms = collect(inp.results_root, inp.runs, allow_empty=bool(repro_dirs))
     figures_dir.mkdir(parents=True, exist_ok=True)
     doc = Document(f"ftbench report: {', '.join(inp.runs)}")
     if arms:
-        _benchmark_sections(doc, arms, inp, figures_dir)
+        _benchmark_sections(doc, arms, inp, figures_dir, table_csv)
     studies = {run: load_repro(d) for run, d in repro_dirs.items()}  # each file read once
     if len(studies) > 1:
         doc.add(*synthetic_seeds_blocks(list(studies.values())))
@@ -50,9 +52,15 @@ def build_report(inp: ReportInputs, figures_dir: Path) -> Document:
 
 
 def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs,
-                        figures_dir: Path) -> None:
+                        figures_dir: Path, table_csv: Path | None) -> None:
     for text in banners(arms):
         doc.add(Banner(text))
+    # One source of truth: the score tables below and results.csv are this frame.
+    frame = frame_from_arms(arms, inp.models_root)
+    if table_csv is not None:
+        write_frame(frame, table_csv, "csv")
+        doc.add(Link(table_csv.name, f"Every score of this report as one table (one row per "
+                     "run, seed, arm, task, metric and Z protocol), for pandas: "))
     multi = len({x.run for x in arms}) > 1
 
     def label_of(a: ArmResults) -> str:
@@ -66,10 +74,10 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     latent = latent_rows(arms, curves, inp.models_root, label_of)
     doc.add(*latent_banners(latent))
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
-    _main_section(doc, arms, figures_dir)
+    _main_section(doc, arms, figures_dir, frame)
     _protocols_section(doc, arms)
-    _seeds_section(doc, arms)
-    _replicas_section(doc, arms)
+    _seeds_section(doc, arms, frame)
+    _replicas_section(doc, arms, frame)
     _overhead_section(doc, arms, costs, figures_dir, inp.models_root)
     _training_section(doc, curves, figures_dir)
     _latent_section(doc, latent, curves, figures_dir)
@@ -77,8 +85,8 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     _appendix(doc, arms, inp.models_root)
 
 
-def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path) -> None:
-    tasks, labels, cells = main_table(arms)
+def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, frame) -> None:
+    tasks, labels, cells = main_table(arms, frame=frame)
     suites = {t: next(a.results[t]["suite"] for a in arms if t in a.results) for t in tasks}
     doc.add(Heading("Main comparison"),
             Paragraph("Scores in %. Free arms: absolute gain over the run's baseline in points, "
@@ -151,13 +159,14 @@ def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
                            "with the baseline depends on the protocol."))
 
 
-def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
+def _seeds_section(doc: Document, arms: list[ArmResults], frame) -> None:
     """Runs that differ only by seed: mean ± sd of each arm's score and relative gain."""
     by_arm: dict[str, list[ArmResults]] = {}
     for a in arms:
         by_arm.setdefault(a.arm, []).append(a)
     if len(arms) < 2 or max(len(v) for v in by_arm.values()) < 2:
         return
+    score = headline_scores(frame)
     baselines = {a.run: a for a in arms if a.arm == "baseline"}
     tasks = sorted({t for a in arms for t in a.results if t in HEADLINE})
     header = ["benchmark", *(f"{name} (n runs)" for name in by_arm), "relative gain"]
@@ -165,17 +174,15 @@ def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
     for task in tasks:
         row, gains = [task], []
         for name, group in by_arm.items():
-            scores = [g.results[task]["metrics"][HEADLINE[task]]["value"] for g in group
-                      if task in g.results]
+            scores = [score[(g.run, g.arm, task)] for g in group if task in g.results]
             row.append(f"{mean_sd_text(scores)} ({len(scores)})" if scores else "—")
             if name != "baseline":
                 for g in group:
                     base = baselines.get(g.run)
                     if base and task in base.results and task in g.results:
-                        b = base.results[task]["metrics"][HEADLINE[task]]["value"]
+                        b = score[(base.run, base.arm, task)]
                         if b > 0:
-                            gains.append(g.results[task]["metrics"][HEADLINE[task]]["value"] / b
-                                         - 1)
+                            gains.append(score[(g.run, g.arm, task)] / b - 1)
         row.append(f"{mean_sd_text(gains)} %" if gains else "n/a")
         rows.append(row)
     doc.add(Heading("Across seeds"),
@@ -186,16 +193,16 @@ def _seeds_section(doc: Document, arms: list[ArmResults]) -> None:
             Table(header, rows))
 
 
-def _replicas_section(doc: Document, arms: list[ArmResults]) -> None:
-    rows = []
+def _replicas_section(doc: Document, arms: list[ArmResults], frame) -> None:
+    rows, replicas = [], headline_replicas(frame)
     for a in arms:
-        for task, reps in sorted(a.replicas.items()):
+        for task in sorted(a.replicas):
             if task not in a.results or task not in HEADLINE:
                 continue
-            runs = [a.results[task], *reps]
-            values = [r["metrics"][HEADLINE[task]]["value"] for r in runs]
-            seeds = ", ".join(str(r["seed"]) + (f" (few-shot {r['fewshot_seed']})"
-                                                if r.get("fewshot_seed") else "") for r in runs)
+            runs = replicas[(a.run, a.arm, task)]
+            values = [value for _, _, value in runs]
+            seeds = ", ".join(str(seed) + (f" (few-shot {fewshot})" if fewshot else "")
+                              for seed, fewshot, _ in runs)
             rows.append([f"{a.run}/{a.arm}", task, seeds, mean_sd_text(values),
                          f"{100 * min(values):.1f} – {100 * max(values):.1f}"])
     if rows:

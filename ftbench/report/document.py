@@ -56,7 +56,14 @@ class Preformatted:
     text: str
 
 
-Block = Union[Heading, Paragraph, Banner, Table, Figure, Bullets, Preformatted]
+@dataclass(frozen=True)
+class Link:
+    """A paragraph ending with a link to a file written beside the report (results.csv)."""
+    href: str
+    text: str
+
+
+Block = Union[Heading, Paragraph, Banner, Table, Figure, Bullets, Preformatted, Link]
 
 
 @dataclass

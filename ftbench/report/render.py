@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from ftbench.report.document import (Banner, Block, Bullets, Document, Figure, Heading,
+from ftbench.report.document import (Banner, Block, Bullets, Document, Figure, Heading, Link,
                                      Paragraph, Preformatted, Table)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -213,6 +213,8 @@ def _md_block(block: Block, figures: _FigureCopier) -> str:
                          for item in block.items)
     if isinstance(block, Preformatted):
         return _md_fence(block.text)
+    if isinstance(block, Link):
+        return f"{_md_block_text(block.text)}[{_md_plain(block.href)}]({quote(block.href)})"
     raise TypeError(f"cannot render a {type(block).__name__} block")
 
 
@@ -314,6 +316,9 @@ def _html_block(block: Block, anchors: _Anchors) -> str:
         return "<ul>\n" + "\n".join(items) + "\n</ul>"
     if isinstance(block, Preformatted):
         return f"<pre><code>{_esc(block.text.rstrip())}</code></pre>"
+    if isinstance(block, Link):
+        return (f"<p>{_html_inline(_strip_lines(block.text))}"
+                f'<a href="{_esc(quote(block.href))}">{_esc(block.href)}</a></p>')
     raise TypeError(f"cannot render a {type(block).__name__} block")
 
 

@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from ftbench.report.collect import HEADLINE, SUITE_ORDER, ArmResults, ReportError, item_outcomes
+from ftbench.report.frame import frame_from_arms, headline_scores
 from ftbench.report.stats import PairedComparison, compare, paired_arrays
 
 # Anchors from the paper, at the paper's scale (not the run's): relative gains.
@@ -25,9 +26,11 @@ class Cell:
     comparison: PairedComparison | None  # None for the baseline column
 
 
-def main_table(arms: list[ArmResults], n_boot: int = 10_000) -> tuple[list[str], list[str],
-                                                                        dict]:
-    """(tasks in display order, arm labels, {(task, arm label): Cell})."""
+def main_table(arms: list[ArmResults], n_boot: int = 10_000, frame=None) -> tuple[
+        list[str], list[str], dict]:
+    """(tasks in display order, arm labels, {(task, arm label): Cell}). Scores come from
+    the results frame (ftbench.report.frame), the table `ftbench results` writes."""
+    scores = headline_scores(frame_from_arms(arms) if frame is None else frame)
     by_run: dict[str, dict[str, ArmResults]] = {}
     for a in arms:
         by_run.setdefault(a.run, {})[a.arm] = a
@@ -47,7 +50,7 @@ def main_table(arms: list[ArmResults], n_boot: int = 10_000) -> tuple[list[str],
                 if task not in arm.results:
                     continue
                 r = arm.results[task]
-                score = r["metrics"][HEADLINE[task]]["value"]
+                score = scores[(run, name, task)]
                 comparison = None
                 if name != "baseline" and task in base.results:
                     a, b = paired_arrays(item_outcomes(base.results[task]), item_outcomes(r))

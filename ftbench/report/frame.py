@@ -1,0 +1,240 @@
+"""Results as tidy tables (pandas): one row per (run, seed, arm, κ, task, metric, Z protocol),
+and the per-item outcomes beside them for paired analyses.
+
+The report's score tables are read from this frame, and `ftbench report` writes it as
+results.csv, so the numbers a researcher loads are the report's numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from ftbench.report.collect import HEADLINE, ArmResults, ReportError, collect
+
+# Column -> pandas dtype. Nullable dtypes, so that a missing value (a baseline's κ, a run
+# without --limit) survives CSV, Parquet and JSON alike.
+RESULT_COLUMNS = {
+    "run": "string", "arm": "string", "arch": "string", "kappa_bits": "float64",
+    "seed": "Int64", "fewshot_seed": "Int64", "replica": "boolean",
+    "suite": "string", "task": "string", "metric": "string", "headline_metric": "boolean",
+    "z_protocol": "string", "headline_protocol": "boolean",
+    "value": "float64", "stderr": "float64", "n_items": "Int64",
+    "z_draws": "Int64", "n_samples": "Int64", "z_seed": "Int64", "limit": "Int64",
+    "data_version": "string", "weights_sha256": "string", "harness": "string",
+    "task_version": "string", "schema_version": "Int64", "created": "string",
+}
+ITEM_COLUMNS = {
+    "run": "string", "arm": "string", "arch": "string", "kappa_bits": "float64",
+    "seed": "Int64", "fewshot_seed": "Int64", "replica": "boolean", "task": "string",
+    "metric": "string", "z_protocol": "string", "headline_protocol": "boolean",
+    "item": "string", "outcome": "float64",
+}
+FORMATS = ("csv", "parquet", "json", "md")
+
+
+def results_frame(runs: list[str], results_root: Path | str = "results",
+                  models_root: Path | str = "models"):
+    """Every score of the runs' results files as one tidy pandas DataFrame.
+
+    Rows: (run, seed, arm, κ, task, metric, Z protocol); a Free arm's log-likelihood task
+    scored under both Z protocols has a row per protocol (`headline_protocol` marks the one
+    the report leads with). `replica` rows come from <arm>/seed<N>/ (other eval seeds)."""
+    return frame_from_arms(_collect(runs, results_root), Path(models_root))
+
+
+def items_frame(runs: list[str], results_root: Path | str = "results",
+                models_root: Path | str = "models"):
+    """Per-item outcomes (one row per item, metric and Z protocol) for paired analyses:
+    pivot on `item` to compare two arms on the same items."""
+    return items_from_arms(_collect(runs, results_root), Path(models_root))
+
+
+def _collect(runs: list[str], results_root: Path | str) -> list[ArmResults]:
+    if not runs:
+        raise ReportError("name at least one run (a folder under the results root)")
+    return collect(Path(results_root), list(runs))
+
+
+def _files(arms: list[ArmResults]):
+    """(arm, result, is_replica) for every results file, one schema version throughout."""
+    found = [(a, r, False) for a in arms for r in a.results.values()]
+    found += [(a, r, True) for a in arms for reps in a.replicas.values() for r in reps]
+    versions = sorted({r["schema_version"] for _, r, _ in found})
+    if len(versions) > 1:
+        old = sorted({f"{a.run}/{a.arm}/{r['task']}" for a, r, _ in found
+                      if r["schema_version"] == versions[0]})
+        raise ReportError(f"the results mix schema versions {versions} ({len(old)} files at "
+                          f"{versions[0]}, e.g. {old[0]}): re-run `ftbench eval` on those "
+                          "arms so that every file has the same columns")
+    return found
+
+
+def data_version(data: dict) -> str:
+    """A short hash of the data files a result was scored on (their sha256 and mode)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _kappa(models_root: Path | None, arm: ArmResults, cache: dict) -> float | None:
+    key = (arm.run, arm.arm)
+    if models_root is None:
+        return None
+    if key not in cache:
+        cfg = models_root / arm.run / arm.arm / "config.json"
+        try:
+            cache[key] = json.loads(cfg.read_text()).get("kappa_bits")
+        except (OSError, json.JSONDecodeError):
+            cache[key] = None  # models live elsewhere: κ unknown, scores still listed
+    return cache[key]
+
+
+def _protocol_blocks(r: dict):
+    """(Z protocol, is headline, metrics, per_item): the top-level block, then the others."""
+    headline = r["protocol"].get("z_protocol")
+    yield headline, True, r["metrics"], r["per_item"]
+    for name, block in (r.get("protocols") or {}).items():
+        if name != headline:
+            yield name, False, block["metrics"], block["per_item"]
+
+
+def _number(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")  # lm-eval writes "N/A" for a stderr it cannot compute
+
+
+def _identity(a: ArmResults, r: dict, replica: bool, kappa: float | None) -> dict:
+    return {"run": a.run, "arm": a.arm, "arch": r["protocol"].get("arch"), "kappa_bits": kappa,
+            "seed": r["seed"], "fewshot_seed": r.get("fewshot_seed", 0), "replica": replica}
+
+
+def frame_from_arms(arms: list[ArmResults], models_root: Path | None = None):
+    """The rows of results_frame from collected arms (models_root: where κ is read from)."""
+    import pandas as pd
+
+    rows, kappas = [], {}
+    for a, r, replica in _files(arms):
+        ident = _identity(a, r, replica, _kappa(models_root, a, kappas))
+        p = r["protocol"]
+        for z, is_headline, metrics, _ in _protocol_blocks(r):
+            for metric, m in metrics.items():
+                rows.append({**ident, "suite": r["suite"], "task": r["task"], "metric": metric,
+                             "headline_metric": HEADLINE.get(r["task"]) == metric,
+                             "z_protocol": z, "headline_protocol": is_headline,
+                             "value": _number(m["value"]), "stderr": _number(m["stderr"]),
+                             "n_items": r["n_items"] if is_headline else
+                             r["protocols"][z].get("n_items", r["n_items"]),
+                             "z_draws": p.get("z_draws"),
+                             "n_samples": p.get("z_samples", p.get("n_samples")),
+                             "z_seed": p.get("z_seed"), "limit": r["limit"],
+                             "data_version": data_version(r["data"]),
+                             "weights_sha256": r["model"].get("weights_sha256"),
+                             "harness": r["harness"], "task_version": r.get("task_version"),
+                             "schema_version": r["schema_version"], "created": r["created"]})
+    return _typed(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), RESULT_COLUMNS)
+
+
+def items_from_arms(arms: list[ArmResults], models_root: Path | None = None):
+    """MMLU-style per-subject outcomes ("<subject>/<metric>") are pooled under the metric,
+    as "<subject>:<doc>" items, the same ids the report pairs on."""
+    import pandas as pd
+
+    rows, kappas = [], {}
+    for a, r, replica in _files(arms):
+        ident = _identity(a, r, replica, _kappa(models_root, a, kappas))
+        for z, is_headline, _, per_item in _protocol_blocks(r):
+            for key, outcomes in per_item.items():
+                subject, metric = key.split("/", 1) if "/" in key else (None, key)
+                if subject is not None and metric in per_item:
+                    continue  # the pooled metric is stored as well: keep it once
+                for doc, outcome in outcomes.items():
+                    rows.append({**ident, "task": r["task"], "metric": metric, "z_protocol": z,
+                                 "headline_protocol": is_headline,
+                                 "item": f"{subject}:{doc}" if subject else str(doc),
+                                 "outcome": _number(outcome)})
+    return _typed(pd.DataFrame(rows, columns=list(ITEM_COLUMNS)), ITEM_COLUMNS)
+
+
+def _typed(df, columns: dict):
+    return df.astype(columns)
+
+
+def headline_scores(frame) -> dict[tuple[str, str, str], float]:
+    """(run, arm, task) -> the headline score of the arm's main results file."""
+    sel = frame[frame["headline_metric"] & frame["headline_protocol"] & ~frame["replica"]]
+    return {(r.run, r.arm, r.task): float(r.value) for r in sel.itertuples()}
+
+
+def headline_replicas(frame) -> dict[tuple[str, str, str], list[tuple[int, int, float]]]:
+    """(run, arm, task) -> [(seed, fewshot seed, headline score)], main file first."""
+    sel = frame[frame["headline_metric"] & frame["headline_protocol"]]
+    out: dict = {}
+    for r in sel.sort_values("replica", kind="stable").itertuples():
+        out.setdefault((r.run, r.arm, r.task), []).append(
+            (int(r.seed), int(r.fewshot_seed), float(r.value)))
+    return out
+
+
+def frame_bytes(df, fmt: str) -> bytes:
+    """The frame in one of FORMATS; read it back with read_frame."""
+    if fmt == "csv":
+        return df.to_csv(index=False).encode()
+    if fmt == "json":
+        return df.to_json(orient="records", indent=1).encode()
+    if fmt == "md":
+        return markdown_table(df).encode()
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ReportError("--format parquet needs pyarrow: pip install pyarrow") from None
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    raise ReportError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+
+
+def write_frame(df, path: Path, fmt: str | None = None) -> Path:
+    """Atomically write the frame; the format defaults to the file's suffix."""
+    from ftbench.report.render import write_atomic
+
+    fmt = fmt or Path(path).suffix.lstrip(".")
+    return write_atomic(Path(path), frame_bytes(df, fmt))
+
+
+def read_frame(path: Path | str, items: bool = False):
+    """A frame written by write_frame (csv, parquet or json), with its column types."""
+    import pandas as pd
+
+    columns = ITEM_COLUMNS if items else RESULT_COLUMNS
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    if fmt == "csv":
+        df = pd.read_csv(path, dtype={c: t for c, t in columns.items() if t == "string"},
+                         keep_default_na=True)
+    elif fmt == "parquet":
+        df = pd.read_parquet(path)
+    elif fmt == "json":
+        df = pd.read_json(path, orient="records", dtype=False)
+        if df.empty:
+            df = pd.DataFrame(columns=list(columns))
+    else:
+        raise ReportError(f"{path}: read csv, parquet or json files")
+    return _typed(df, columns)
+
+
+def markdown_table(df) -> str:
+    import pandas as pd
+
+    def cell(x) -> str:
+        if pd.isna(x):
+            return ""
+        return f"{x:.6g}" if isinstance(x, float) else str(x).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
