@@ -75,10 +75,16 @@ def evaluation_results(results_dir: Path) -> list[dict]:
     return rows
 
 
+# The protocol fields a reader of the card needs; the full record stays in results/.
+PROTOCOL_KEYS = ("z_protocol", "z_draws", "z_samples", "token_sampling")
+
+
 def _protocol_text(protocol) -> str:
     if isinstance(protocol, dict):
-        return ", ".join(f"{k}={v}" for k, v in protocol.items() if not isinstance(v, (dict, list)))
-    return "" if protocol is None else str(protocol)
+        text = ", ".join(f"{k}={protocol[k]}" for k in PROTOCOL_KEYS if k in protocol)
+    else:
+        text = "" if protocol is None else str(protocol)
+    return text.replace("|", "/")  # a pipe would split the Markdown table's cell
 
 
 def model_card(meta: dict, results: list[dict]) -> str:

@@ -38,7 +38,9 @@ def exported(tmp_path_factory):
     results.mkdir(parents=True)
     (results / "gsm8k.json").write_text(json.dumps({
         "schema_version": 2, "task": "gsm8k", "n_items": 10, "limit": 10,
-        "metrics": {"exact_match,strict-match": {"value": 0.125, "stderr": 0.05}}}))
+        "metrics": {"exact_match,strict-match": {"value": 0.125, "stderr": 0.05}},
+        "protocol": {"z_protocol": "posterior", "z_samples": 5,
+                     "estimator": "mean of p(continuation | context, Z)"}}))
     out = tmp / "hf"
     r = CliRunner().invoke(app, ["export", str(arm), "--hf", str(out),
                                  "--results", str(tmp / "results")])
@@ -47,7 +49,7 @@ def exported(tmp_path_factory):
     ours, tok, _ = load_pretrained(arm)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         out, trust_remote_code=True, local_files_only=True).eval()
-    return {"out": out, "ours": ours.double(), "hf": hf.double(), "tok": tok}
+    return {"out": out, "ours": ours.double(), "hf": hf.double(), "tok": tok, "arm": arm}
 
 
 def _ids(tok, text="K>___!KKKKKKKK______KKK!"):
@@ -137,7 +139,9 @@ def test_model_card_states_arm_kappa_protocol_and_results(exported):
     card = (exported["out"] / "README.md").read_text()
     assert f"arm: `{ARM}`" in card and "kappa (free bits of KL per token): 1.0" in card
     assert "prior Z" in card and "trust_remote_code=True" in card
-    assert "| gsm8k | exact_match,strict-match | 0.125 | 0.05 | 10 | 10 |" in card
+    assert ("| gsm8k | exact_match,strict-match | 0.125 | 0.05 | 10 | 10 | "
+            "z_protocol=posterior, z_samples=5 |") in card
+    assert "`--model ftbench`) is the reference" in card
     modes = {p.name: p.stat().st_mode & 0o777 for p in exported["out"].iterdir()}
     assert modes["model.safetensors"] == modes["config.json"], modes
 
@@ -161,3 +165,17 @@ def test_lm_eval_hf_backend_scores_it_with_prior_z(exported):
     n = len(tok.encode(cont))
     want = sum(logits[len(ids) - 1 - n + i, t] for i, t in enumerate(ids[-n:]))
     assert abs(logp - float(want)) < 1e-6
+
+
+def test_force_replaces_an_earlier_free_export_whole(exported, tmp_path):
+    out = tmp_path / "hf"
+    args = ["export", str(exported["arm"]), "--hf", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    first = sorted(p.name for p in out.iterdir())
+    (out / "stray.bin").write_bytes(b"from another export")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--force" in r.output
+    r = CliRunner().invoke(app, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == first
+    assert "modeling_free_transformer.py" in first and "README.md" in first
