@@ -300,7 +300,9 @@ def _open_trackers(arm: Arm, cfg: PairConfig, arm_dir: Path, ctx: DistContext,
         return TrackerSet([])
     config = {"arm": arm.name, "arch": arm.arch, "kappa_bits": arm.kappa_bits,
               "arm_model": dataclasses.asdict(arm.model),
-              "pair_config": dataclasses.asdict(cfg)}
+              # As pair.yaml records it: the tokenizer's vocabulary, not the preset's.
+              "pair_config": dataclasses.asdict(dataclasses.replace(
+                  cfg, model=cfg.model.replace(vocab_size=arm.model.vocab_size)))}
     return open_trackers(cfg.run.trackers, arm_dir, resume_step, name=f"{cfg.run.name}/{arm.name}",
                          group=cfg.run.name, config=config)
 

@@ -2,13 +2,14 @@
 
 A tracker gets the records metrics.jsonl gets, at the same steps, and only on the main
 process (the loop opens none elsewhere). Each keeps to the arm's folder: <arm>/tb/ and
-<arm>/wandb/. A resumed run continues the same curves: events past the resumed
-checkpoint, left by an interrupted attempt, are dropped rather than shown twice.
+<arm>/wandb/. A resumed run continues the same curves with each step once, although an
+interrupted attempt may have logged steps past the checkpoint it resumes from.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import uuid
@@ -71,9 +72,15 @@ class TensorBoardTracker:
 
 
 class WandbTracker:
-    """An offline W&B run (WANDB_MODE overrides: online streams it live); `wandb sync
-    <arm>/wandb/offline-run-*` uploads it later. A resume reuses the run id, so W&B
-    appends to the same run."""
+    """An offline W&B run (WANDB_MODE=online streams it live instead); `wandb sync
+    <arm>/wandb/offline-run-*` uploads it later.
+
+    A resume keeps the run id, so W&B shows one run. Offline, nothing can rewind what an
+    interrupted attempt logged past its checkpoint, so the resumed attempt skips the steps
+    already sent (ftbench-run.json keeps the last one): each step is logged once. Training
+    resumes bit-identically, so only timing figures (tokens/s, MFU) of those steps come
+    from the earlier attempt.
+    """
 
     def __init__(self, arm_dir: Path, resume_step: int, name: str, group: str,
                  config: dict):
@@ -81,26 +88,35 @@ class WandbTracker:
 
         run_dir = arm_dir / "wandb"
         run_dir.mkdir(parents=True, exist_ok=True)
-        id_file = run_dir / "run-id"
-        if resume_step > 0 and id_file.is_file():
-            run_id = id_file.read_text().strip()
-        else:  # a run from step 0 is a new run, even over an old folder
-            run_id = uuid.uuid4().hex[:12]
-            tmp = id_file.with_suffix(".tmp")
-            tmp.write_text(run_id + "\n")
-            tmp.replace(id_file)
+        self.state_file = run_dir / "ftbench-run.json"
+        state = None
+        if resume_step > 0 and self.state_file.is_file():
+            state = json.loads(self.state_file.read_text())
+        # A run from step 0 is a new W&B run, even over an old folder.
+        self.run_id = state["run_id"] if state else uuid.uuid4().hex[:12]
+        self.last_step = state["last_step"] if state else 0
+        self._save_state()
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "ftbench"), name=name, group=group,
-            id=run_id, resume="allow", dir=str(arm_dir), config=config,
+            id=self.run_id, resume="allow", dir=str(arm_dir), config=config,
             mode=os.environ.get("WANDB_MODE", "offline"),
             # The loop prints its own progress; W&B's console capture would duplicate it.
             settings=wandb.Settings(console="off", silent=True))
 
+    def _save_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "last_step": self.last_step}))
+        tmp.replace(self.state_file)
+
     def log(self, step: int, record: dict) -> None:
+        if step <= self.last_step:
+            return  # sent by the interrupted attempt; W&B keeps one point per step
         self.run.log(scalars(record), step=step)
+        self.last_step = step
+        self._save_state()
 
     def flush(self) -> None:
-        pass  # the W&B service writes as it receives
+        pass  # the W&B service writes what it receives as it comes
 
     def close(self) -> None:
         self.run.finish()
