@@ -87,11 +87,16 @@ def _protocol_text(protocol) -> str:
     return text.replace("|", "/")  # a pipe would split the Markdown table's cell
 
 
+def _source_text(source: dict) -> str:
+    where = source.get("path") or source.get("hf_id")
+    kind = f"{source.get('kind')}:{where}" if where else str(source.get("kind"))
+    return f"{kind} (weight {source.get('weight', 1.0):g})"
+
+
 def model_card(meta: dict, results: list[dict]) -> str:
     pair = meta.get("pair_config") or {}
     sources = (pair.get("data") or {}).get("sources") or []
-    mix = ", ".join(f"{s.get('kind')}{':' + (s.get('path') or s.get('hf_id')) if s.get('path') or s.get('hf_id') else ''}"
-                    f" (weight {s.get('weight', 1.0):g})" for s in sources) or "not recorded"
+    mix = ", ".join(_source_text(s) for s in sources) or "not recorded"
     tokens = training_tokens(meta)
     lines = [
         f"# {meta.get('arm', 'free')}: a Free Transformer exported by ftbench", "",
@@ -116,7 +121,8 @@ def model_card(meta: dict, results: list[dict]) -> str:
         "- A plain forward uses **prior Z** (uniform codes; the encoder never runs), so the "
         "encoder never sees the tokens it scores. Log-likelihoods from a plain forward, and "
         "so from lm-eval's `hf` backend (`--model hf --model_args pretrained=FOLDER,"
-        "trust_remote_code=True`), are prior-Z log-likelihoods.",
+        "trust_remote_code=True`), are prior-Z log-likelihoods from one Z draw per forward; "
+        "its generation tasks call generate(), so they get posterior Z over the prompt.",
         "- `model(ids, latent='posterior')` runs the encoder over the tokens of the call "
         "(first call only): use it only over tokens that may be shown to Z, e.g. a context.",
         "- `model(ids, z=codes)` fixes Z.",

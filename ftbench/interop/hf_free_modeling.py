@@ -15,7 +15,9 @@ Z protocol (read this before scoring with it):
 - A plain forward uses prior Z: Z_t uniform, i.i.d., the encoder is never run. The encoder
   is non-causal, so a posterior Z over context + continuation would put the continuation
   into Z and leak the answer into its own score. Log-likelihoods from a plain forward (what
-  lm-eval's `hf` backend computes) are therefore prior-Z log-likelihoods.
+  lm-eval's `hf` backend computes) are therefore prior-Z log-likelihoods, from one Z draw
+  per forward; ftbench's own lm-eval adapter (posterior Z over the context only, several
+  draws) is the reference for benchmark numbers.
 - `latent="posterior"` runs the encoder over the tokens of this call (where
   `posterior_mask`, default `attention_mask`, is 1) and samples Z from Q(Z|S). Only for a
   first call (no cache), and only over tokens that the caller may show to Z.
@@ -37,9 +39,9 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 try:
-    from transformers.cache_utils import Cache, DynamicCache
+    from transformers.cache_utils import DynamicCache
 except ImportError:  # pragma: no cover - very old transformers: no cache objects
-    Cache = DynamicCache = None
+    DynamicCache = None
 
 # transformers 5 renamed `past_key_values` to `cache` (the old name still works, with a
 # warning); use whichever this version's outputs have.
