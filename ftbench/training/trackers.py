@@ -46,7 +46,7 @@ def require_trackers(names: list[str]) -> None:
 
 
 def scalars(record: dict) -> dict[str, float]:
-    """The record's numbers, keyed as in metrics.jsonl; None and strings have no curve."""
+    """The record's numbers, keyed as in metrics.jsonl; None, strings and NaN have no curve."""
     return {k: float(v) for k, v in record.items()
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(v)}
