@@ -254,7 +254,9 @@ class FreeTransformerForCausalLM(PreTrainedModel, GenerationMixin):
                 return_dict: Optional[bool] = None, **kwargs) -> CausalLMOutputWithPast:
         """Logits with Z chosen by `latent` ("prior", the default, or "posterior"), or
         fixed by `z` (B, T). `attention_mask` (B, past + T): 0 marks pad slots; positions
-        default to the count of earlier real tokens, so left padding changes nothing."""
+        default to the count of earlier real tokens, so left padding changes nothing.
+        `posterior_mask` (B, T): which tokens the encoder may see (default: the real ones).
+        The output's `z` holds the codes used at every position."""
         B, T = input_ids.shape
         device = input_ids.device
         past_key_values = cache if cache is not None else past_key_values
@@ -271,8 +273,8 @@ class FreeTransformerForCausalLM(PreTrainedModel, GenerationMixin):
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_base,
                              self.tok_emb.weight.dtype)
         mask = causal_mask(key_valid_BS, T)
-        cache = past_key_values if use_cache or past else None
-        del past_key_values  # one name from here on
+        cache = past_key_values  # one name from here on
+        del past_key_values
 
         x = self.tok_emb(input_ids)
         for i in range(self.inject_layer):
@@ -313,7 +315,7 @@ class FreeTransformerForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
         out = CausalLMOutputWithPast(loss=loss, logits=logits,
-                                     **{CACHE_KEY: cache if use_cache else None})
+                                     **{CACHE_KEY: cache})
         out["z"] = z
         return out
 
