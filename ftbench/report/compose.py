@@ -60,7 +60,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     if table_csv is not None:
         write_frame(frame, table_csv, "csv")
         doc.add(Link(table_csv.name, f"Every score of this report as one table (one row per "
-                     "run, seed, arm, task, metric and Z protocol), for pandas: "))
+                     "run, seed, arm, task, metric and Z protocol), for pandas:"))
     multi = len({x.run for x in arms}) > 1
 
     def label_of(a: ArmResults) -> str:

@@ -58,7 +58,8 @@ class Preformatted:
 
 @dataclass(frozen=True)
 class Link:
-    """A paragraph ending with a link to a file written beside the report (results.csv)."""
+    """A paragraph ending with a link to a file written beside the report (results.csv);
+    the text is followed by a space and the link."""
     href: str
     text: str
 

@@ -214,7 +214,7 @@ def _md_block(block: Block, figures: _FigureCopier) -> str:
     if isinstance(block, Preformatted):
         return _md_fence(block.text)
     if isinstance(block, Link):
-        return f"{_md_block_text(block.text)}[{_md_plain(block.href)}]({quote(block.href)})"
+        return f"{_md_block_text(block.text)} [{_md_plain(block.href)}]({quote(block.href)})"
     raise TypeError(f"cannot render a {type(block).__name__} block")
 
 
@@ -317,7 +317,7 @@ def _html_block(block: Block, anchors: _Anchors) -> str:
     if isinstance(block, Preformatted):
         return f"<pre><code>{_esc(block.text.rstrip())}</code></pre>"
     if isinstance(block, Link):
-        return (f"<p>{_html_inline(_strip_lines(block.text))}"
+        return (f"<p>{_html_inline(_strip_lines(block.text))} "
                 f'<a href="{_esc(quote(block.href))}">{_esc(block.href)}</a></p>')
     raise TypeError(f"cannot render a {type(block).__name__} block")
 
