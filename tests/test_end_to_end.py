@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import ftbench
 from ftbench.cli import app
 from ftbench.evaluation.results import read_result
+from ftbench.report.frame import read_frame
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("humanevalplus", "mbppplus", "gsm8k", "mmlu", "commonsense_qa")
@@ -91,3 +93,30 @@ def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
     assert len(tags.imgs) >= 3
     assert all(img["src"].startswith("data:image/png;base64,") for img in tags.imgs)
     assert "http://" not in html and "https://" not in html
+    _check_results_table(tmp_path, md)
+
+
+def _check_results_table(tmp_path: Path, md: str) -> None:
+    """results.csv beside the report is ftbench.results_frame, holds every task and arm, and
+    its headline scores are the report's main table's."""
+    import pandas as pd
+
+    frame = read_frame(tmp_path / "reports" / "toy" / "results.csv")
+    pd.testing.assert_frame_equal(frame, ftbench.results_frame(["toy"]))
+    assert set(zip(frame["arm"], frame["task"])) == {(a, t) for a in ARMS for t in TASKS}
+    assert (frame["limit"] == 3).all() and frame["weights_sha256"].notna().all()
+    assert set(frame.loc[frame["arm"] == "free-k0p5", "kappa_bits"]) == {0.5}
+    for task in ("mmlu", "commonsense_qa"):  # log-likelihood: a row per Z protocol scored
+        r = read_result(tmp_path / "results" / "toy" / "free-k0p5" / f"{task}.json")
+        rows = frame[(frame["arm"] == "free-k0p5") & (frame["task"] == task)]
+        assert set(rows["z_protocol"]) == set(r["protocol"]["protocols"])
+    assert "[results.csv](results.csv)" in md
+    main = frame[frame["headline_metric"] & frame["headline_protocol"]]
+    for task in TASKS:
+        row = next(line for line in md.splitlines() if line.startswith(f"| ") and
+                   f"| {task} (" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for arm, cell in zip(ARMS, cells[2:4]):
+            value = main.loc[(main["arm"] == arm) & (main["task"] == task), "value"].item()
+            # Not significant gains are in *italics*.
+            assert cell.strip("*").split(" ")[0] == f"{100 * value:.1f}", (task, arm, cell)
