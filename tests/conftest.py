@@ -7,7 +7,8 @@ import tempfile
 # not pass thanks to what an earlier run on this machine left behind. Removed at the end.
 _TEMP_CACHES = []
 for _var, _prefix in (("HF_DATASETS_CACHE", "ftbench-hf-datasets-"),
-                      ("FTBENCH_EVALPLUS_CACHE", "ftbench-evalplus-cache-")):
+                      ("FTBENCH_EVALPLUS_CACHE", "ftbench-evalplus-cache-"),
+                      ("HF_MODULES_CACHE", "ftbench-hf-modules-")):
     if not os.environ.get(_var):
         os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
         _TEMP_CACHES.append(os.environ[_var])
@@ -18,9 +19,9 @@ import torch  # noqa: E402
 from ftbench.model import build_model, get_preset  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_temp_caches():
-    yield
+def pytest_unconfigure(config):
+    # In the process that made them: under pytest-xdist the workers inherit the variables
+    # (their _TEMP_CACHES stay empty) and the controller removes the folders at the end.
     for path in _TEMP_CACHES:
         shutil.rmtree(path, ignore_errors=True)
 
