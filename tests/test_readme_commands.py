@@ -47,6 +47,12 @@ INFEASIBLE = {
     "--tasks ...":
         "the same placeholder; tests/evaluation/test_lm_eval_main.py runs lm-eval's hf model "
         "through this entry point on an exported toy baseline (parity with --model ftbench)",
+    "pip install ftbench[tensorboard]":
+        "make setup installs the tensorboard extra; tests/training/test_trackers.py checks the "
+        "message that names it when it is missing",
+    "tensorboard --logdir models/toy":
+        "starts a web server; tests/training/test_trackers.py reads the event files back with "
+        "tensorboard's own reader",
     "ftbench doctor":
         "trains and times small models in several processes (25 s quiet, up to 3 min busy); "
         "tests/doctor/test_doctor.py runs it and checks every row",
@@ -57,11 +63,23 @@ INFEASIBLE = {
 
 
 def readme_commands(text: str) -> list[str]:
-    """Command lines of the fenced blocks between '## Commands' and the next '## '."""
+    """Command lines of the shell blocks (``` or ```bash) between '## Commands' and the next
+    '## ' (```python blocks are examples for the reader's own scripts)."""
     section = re.search(r"^## Commands\n(.*?)(?=^## )", text, re.M | re.S)
     assert section, "README.md has no '## Commands' section"
     commands = []
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", section.group(1), re.M | re.S):
+    blocks, lang, lines = [], None, []
+    for line in section.group(1).splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                if lang in ("", "bash", "sh"):
+                    blocks.append("\n".join(lines) + "\n")
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             line = " ".join(shlex.split(line, comments=True))
             if line:
@@ -166,6 +184,8 @@ def test_readme_command_blocks_run_at_toy_size(tmp_path, monkeypatch, data_dir):
     else:  # the run folder: all its arms
         assert "note: models/toy: evaluating its arms baseline, free-k0p5" in evaluated
     assert (tmp_path / "out/config.json").is_file()  # export --hf out/
+    assert (tmp_path / "out-free/modeling_free_transformer.py").is_file()  # a Free arm
+    assert "commonsense_qa" in output_of("ftbench results toy")
     assert (tmp_path / "reports/toy/report.html").is_file()
     assert "1.0000" in output_of("ftbench eval --model oracle")
     assert "match their recorded sizes and hashes" in output_of("ftbench data verify")
