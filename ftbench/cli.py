@@ -360,7 +360,7 @@ def eval_(
                                 compare_protocols=compare_protocols, z_draws=z_draws, seed=seed,
                                 fewshot_seed=fewshot_seed, batch_size=batch_size,
                                 n_samples=n_samples, temperature=temperature,
-                                verify_weights=verify_weights)
+                                verify_weights=False)  # checked above, before any task
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
                         results / ".cache", ctx=ctx, verbose=verbose)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:

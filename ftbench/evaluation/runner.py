@@ -3,7 +3,6 @@ files in the documented schema."""
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha25
                                         library_versions, now_iso, read_result, write_result)
 from ftbench.evaluation.scoring import FREE_Z_DRAWS
 from ftbench.training.distributed import DistContext, barrier
+from ftbench.training.hardware import load_average
 
 T = TypeVar("T")
 
@@ -74,15 +74,6 @@ class EvalSettings:
 
     def token_sampling(self) -> str:
         return "greedy" if self.temperature == 0 else f"temperature {self.temperature}"
-
-
-def machine_load() -> float | None:
-    """The 1-minute load average when generation ends: the report judges measured speed
-    ratios by it (a busy machine makes them noise)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 # The metric a task's summary line shows (the report's headline), first one present.
@@ -291,7 +282,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                                                if seconds > 0 else None),
                               "batch_size": s.batch_size, "world_size": lm.world_size,
                               "device": str(lm.device), "limits": limits,
-                              "load_avg": machine_load()}
+                              "load_avg": load_average()}
         body["model_s"] = seconds
         return body
     body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
@@ -372,7 +363,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
                       "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
                       "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
                       "device": str(getattr(lm, "device", "cpu")), "limits": limits,
-                      "load_avg": machine_load()}
+                      "load_avg": load_average()}
     samples_path = out.with_suffix(".samples.jsonl")
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,

@@ -9,12 +9,11 @@ dict, and the modeling file is what must agree with ftbench (tests/interop/test_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from ftbench.data.tokenizer import EOT, PAD
-from ftbench.training.export import ModelLoadError, load_pretrained, publish_mode
+from ftbench.interop.hf_llama import write_hf_folder
+from ftbench.training.export import ModelLoadError, load_pretrained
 
 MODELING_SOURCE = Path(__file__).with_name("hf_free_modeling.py")
 MODELING_FILE = "modeling_free_transformer.py"
@@ -152,35 +151,15 @@ def export_hf_free(model_dir: str | Path, out_dir: str | Path,
     """Write config, weights, tokenizer, modeling file and model card into `out_dir`.
     `results_dir` (the arm's results/<run>/<arm> folder, if any) supplies the card's
     evaluation table."""
-    from safetensors.torch import save_file
-
     model_dir = Path(model_dir)
     model, tokenizer, meta = load_pretrained(model_dir)
     if meta["arch"] != "free":
         raise ModelLoadError(f"{model_dir} is a {meta['arch']} model, not a Free Transformer")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    publish_mode(tmp)
-    os.replace(tmp, out / "model.safetensors")
-    files = {
-        "config.json": free_config(cfg, meta, tokenizer.eot_id, tokenizer.pad_id),
-        "generation_config.json": {"bos_token_id": tokenizer.eot_id,
-                                   "eos_token_id": tokenizer.eot_id,
-                                   "pad_token_id": tokenizer.pad_id},
-        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
-                                  "eos_token": EOT, "bos_token": EOT, "pad_token": PAD,
-                                  "model_max_length": cfg.max_seq_len,
-                                  "clean_up_tokenization_spaces": False},
-        "special_tokens_map.json": {"eos_token": EOT, "bos_token": EOT, "pad_token": PAD},
-    }
-    for name, content in files.items():
-        (out / name).write_text(json.dumps(content, indent=2))
+    write_hf_folder(out, tensors, free_config(model.cfg, meta, tokenizer.eot_id, tokenizer.pad_id),
+                    model.cfg, tokenizer)
     shutil.copyfile(MODELING_SOURCE, out / MODELING_FILE)
-    tokenizer.save(out)
     results = evaluation_results(Path(results_dir)) if results_dir is not None else []
     (out / "README.md").write_text(model_card(meta, results))
     return out

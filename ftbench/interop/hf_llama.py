@@ -50,22 +50,29 @@ def llama_state_dict(state: dict[str, torch.Tensor], n_layers: int,
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
-    from safetensors.torch import save_file
-
     model, tokenizer, meta = load_pretrained(model_dir)
     if meta["arch"] != "baseline":
         raise ModelLoadError(f"{model_dir} is a {meta['arch']} model; only baselines have a "
                              "Hugging Face (Llama) equivalent")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
-    tensors = llama_state_dict(model.state_dict(), cfg.n_layers, cfg.tie_embeddings)
+    write_hf_folder(out, llama_state_dict(model.state_dict(), cfg.n_layers, cfg.tie_embeddings),
+                    llama_config(cfg, tokenizer.eot_id, tokenizer.pad_id), cfg, tokenizer)
+    return out
+
+
+def write_hf_folder(out: Path, tensors: dict, config: dict, cfg, tokenizer) -> None:
+    """What every Hugging Face export holds: the weights (renamed into place, 0644), config,
+    generation and tokenizer settings, and the tokenizer."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     publish_mode(tmp)  # safetensors writes 0600; the rest of the export is 0644
     os.replace(tmp, out / "model.safetensors")
     files = {
-        "config.json": llama_config(cfg, tokenizer.eot_id, tokenizer.pad_id),
+        "config.json": config,
         "generation_config.json": {"bos_token_id": tokenizer.eot_id,
                                    "eos_token_id": tokenizer.eot_id,
                                    "pad_token_id": tokenizer.pad_id},
@@ -78,4 +85,3 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=2))
     tokenizer.save(out)
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import torch
@@ -62,4 +63,13 @@ class PeakMemory:
                         return int(line.split()[1]) * 1024
         except OSError:
             pass
+        return None
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the platform has none): measured speed
+    is judged by it, since a busy machine makes time ratios noise."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
         return None

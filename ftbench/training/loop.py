@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ftbench.objective import free_transformer_loss, lm_loss, nats_to_bits
 from ftbench.training.arms import Arm
 from ftbench.training.checkpoint import Checkpointer
 from ftbench.training.distributed import DistContext, all_reduce_mean, parallelize
-from ftbench.training.hardware import PeakMemory, peak_flops
+from ftbench.training.hardware import PeakMemory, load_average, peak_flops
 from ftbench.training.schedule import lr_at
 from ftbench.training.trackers import TrackerSet, open_trackers
 
@@ -257,7 +256,7 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         # far less than wall time; with the load average it tells a measurement from noise.
         cpu = (time.process_time() - c0) / (per_rank * cfg.data.seq_len)
         cpu_per_token.append(cpu)
-        load = _load_average()
+        load = load_average()
         if load is not None:
             loads.append(load)
         record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": rate,
@@ -305,13 +304,6 @@ def _open_trackers(arm: Arm, cfg: PairConfig, arm_dir: Path, ctx: DistContext,
                   cfg, model=cfg.model.replace(vocab_size=arm.model.vocab_size)))}
     return open_trackers(cfg.run.trackers, arm_dir, resume_step, name=f"{cfg.run.name}/{arm.name}",
                          group=cfg.run.name, config=config)
-
-
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 def _progress(ctx: DistContext, start: int, total: int, name: str):
