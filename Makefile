@@ -33,9 +33,12 @@ demo: $(STAMP)
 		--limit 10 --data-dir $(DATA_DIR)
 	$(BIN)/ftbench report toy
 
-## The test suite as CI runs it (GPU tests are deselected by their marker).
+## The test suite as CI runs it (GPU tests are deselected by their marker), one pytest-xdist
+## worker per core by default. Whole files go to a worker, the slowest first (tests/conftest.py).
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not gpu"
+	FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not gpu" \
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py

@@ -13,10 +13,43 @@ for _var, _prefix in (("HF_DATASETS_CACHE", "ftbench-hf-datasets-"),
         os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
         _TEMP_CACHES.append(os.environ[_var])
 
+# Under pytest-xdist (`make test` runs one worker per core): one torch thread per worker,
+# inherited by the subprocesses tests start. Two workers with two OpenMP threads each on two
+# cores spend their time waiting on each other. An explicit OMP_NUM_THREADS is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# The slowest files, longest first (idle 2-core machine, `--durations`, one thread per
+# worker). `make test` hands whole files to workers in collection order
+# (`--dist loadfile --no-loadscope-reorder`): starting the long ones first lets the short
+# files fill in around them instead of leaving one worker alone with a long file at the end.
+SLOWEST_FILES = (
+    "tests/repro/test_synthetic.py",
+    "tests/evaluation/test_evalplus.py",
+    "tests/test_end_to_end.py",
+    "tests/training/test_memory_plan.py",
+    "tests/doctor/test_doctor.py",
+    "tests/evaluation/test_distributed_eval.py",
+    "tests/evaluation/test_runner.py",
+    "tests/evaluation/test_evalplus_sandbox.py",
+    "tests/training/test_distributed.py",
+    "tests/model/test_models.py",
+    "tests/training/test_reshard.py",
+    "tests/test_readme_commands.py",
+)
+
 from ftbench.model import build_model, get_preset  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 def pytest_unconfigure(config):

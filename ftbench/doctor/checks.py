@@ -303,16 +303,19 @@ MEMORY_TOL = 0.20
 
 
 def check_memory(size: str, layers: int, batch: int, seq: int) -> Row:
-    """Measured peak of two training steps (fresh subprocess per arm, see
+    """Measured peak of two training steps (a fresh subprocess for both arms, see
     ftbench.doctor.memory) against the memory plan; also the Free/baseline memory ratio."""
-    from ftbench.doctor.memory import measure, step_config
+    from ftbench.doctor.memory import measure_many, step_config
     from ftbench.training.memory_plan import arm_memory
 
     cfg = step_config(size, batch, seq, False, layers=layers)
     dev = _device()
     figures, ok = {}, True
-    for arch in ("baseline", "free"):
-        got = measure(size, arch, batch, seq, False, layers=layers)["peak_bytes"]
+    arches = ("baseline", "free")
+    peaks = measure_many([{"size": size, "arch": arch, "batch": batch, "seq": seq,
+                           "ckpt": False, "layers": layers} for arch in arches])
+    for arch, peak in zip(arches, peaks):
+        got = peak["peak_bytes"]
         want = arm_memory(cfg.model, arch, seq_len=seq, micro_batch=batch,
                           bf16=dev.type == "cuda", device_type=dev.type)["peak_bytes"]
         figures[arch] = {"measured": got, "predicted": want, "ratio": want / got}

@@ -11,9 +11,11 @@ kill, subprocess, file removal and chdir disabled) in a temporary working direct
 A verdict must not depend on how busy the machine is. EvalPlus gives each input
 max(1 s, 4 x ground-truth time) of wall-clock time and scores an input that runs over it
 "fail", like a wrong answer. So:
-- the scorer freezes its objects (gc.freeze) before forking: a sample's process then never
-  walks the ground truth in a garbage-collector pass (about 1 s for MBPP+'s 1.8 GB of
-  objects, enough to fail Mbpp/630 under load) nor copies its pages;
+- samples run in processes forked from pool workers that hold one task's data at a time,
+  frozen (gc.freeze): a sample never walks the ground truth in a garbage-collector pass
+  (about 1 s for MBPP+'s 1.8 GB of objects, enough to fail Mbpp/630 under load), and the
+  fork is cheap; the scorer, which holds every task, freezes its own objects too before it
+  forks samples to rescore;
 - a sample that timed out, or failed while one of its per-input time limits fired, is
   rescored once, serially, with the garbage collector off and the limits scaled up; the
   second verdict is final and the output records what was rescored and why.
@@ -84,6 +86,9 @@ def main(argv=None) -> None:
                else "MBPP_OVERRIDE_PATH"] = args.problems
     os.environ["XDG_CACHE_HOME"] = args.cache
     os.environ.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # set, it breaks every check
+    # Samples rescored here are forked (not spawned, Python 3.14's default) so that they
+    # inherit the time-limit probe.
+    multiprocessing.set_start_method("fork", force=True)
     with sandbox_folder(args.workdir):
         out = score(args)
     if out is None:
@@ -116,7 +121,7 @@ def score(args: argparse.Namespace) -> dict | None:
     # Everything the scorer holds now (ground truth included) leaves the collector's view:
     # forked workers and samples never traverse it, nor copy its pages by doing so.
     gc.freeze()
-    checks = first_pass(len(samples), plan["parallel"], args)
+    checks = first_pass(len(samples), plan, args)
     rescored = rescore(checks, args) if args.timeout_retries else {}
     results = [_record(samples[i], c) for i, c in enumerate(checks)]
     return {"dataset": args.dataset, "evalplus_hash": dataset_hash, "results": results,
@@ -149,18 +154,71 @@ def sample_memory(args: argparse.Namespace) -> dict:
     return plan
 
 
-def first_pass(n: int, parallel: int, args: argparse.Namespace) -> list[dict]:
+def first_pass(n: int, plan: dict, args: argparse.Namespace) -> list[dict]:
+    """Every sample's first verdict, a task at a time in a pool of `plan["parallel"]` workers.
+
+    The workers are started fresh (spawn), not forked from this scorer, and are sent one
+    task's inputs and expected outputs at a time. EvalPlus forks a process per sample and
+    split; forked from the scorer, each fork copied the page tables of the whole ground
+    truth (1.8 GB of objects for MBPP+), about 0.1 s apiece, more than running a typical
+    canonical solution. From a worker holding one task it takes milliseconds, and a
+    garbage-collector pass in the sample has little to walk."""
     checks: list[dict | None] = [None] * n
+    by_task: dict[str, list[int]] = {}
+    for i, sample in enumerate(_STATE["samples"]):
+        by_task.setdefault(sample["task_id"], []).append(i)
+    share = None if plan.get("from_env") else plan["sample_bytes"]
     progress = Progress(n, f"EvalPlus {args.dataset}", args.progress)
     try:
-        with ProcessPoolExecutor(max_workers=parallel, mp_context=_FORK) as pool:
-            futures = {pool.submit(_check, i): i for i in range(n)}
+        with ProcessPoolExecutor(max_workers=plan["parallel"], mp_context=_SPAWN,
+                                 initializer=_init_worker, initargs=(args.dataset,)) as pool:
+            futures = {pool.submit(_check_task, _task_payload(task_id, indices), share): indices
+                       for task_id, indices in by_task.items()}
             for fut in as_completed(futures):
-                checks[futures[fut]] = _outcome(fut)
-                progress.update()
+                indices = futures[fut]
+                try:
+                    got = fut.result()
+                except Exception as e:  # a worker lost: its task's samples fail, the run goes on
+                    got = {i: _error(e) for i in indices}
+                for i in indices:
+                    checks[i] = got[i]
+                progress.update(len(indices))
     finally:
         progress.close()
     return checks
+
+
+def _task_payload(task_id: str, indices: list[int]) -> dict:
+    """What a worker needs to check one task's samples."""
+    problem = _STATE["problems"][task_id]
+    return {"problem": {k: problem[k] for k in PROBLEM_FIELDS},
+            "expected": _STATE["expected"][task_id],
+            "samples": [(i, _STATE["samples"][i]["solution"]) for i in indices]}
+
+
+def _init_worker(dataset: str) -> None:
+    # A spawned worker inherits "spawn" as its default; EvalPlus's sample processes must be
+    # forked from it (cheap now, and they inherit the probe and the frozen task).
+    multiprocessing.set_start_method("fork", force=True)
+    _STATE["dataset"] = dataset
+    probe = TimeLimitProbe()
+    probe.install()
+    _STATE["probe"] = probe
+
+
+def _check_task(task: dict, share: int | None) -> dict[int, dict]:
+    """In a pool worker: the verdicts of one task's samples, {sample index: check}."""
+    if share is not None:
+        # RLIMIT_AS counts the address space a sample's process starts with: this worker's.
+        os.environ["EVALPLUS_MAX_MEMORY_BYTES"] = str(machine_memory()[1] + share)
+    gc.collect()
+    gc.freeze()  # the task's inputs and outputs stay out of the samples' collector passes
+    try:
+        return {i: _outcome_of(lambda: _check_solution(task["problem"], task["expected"],
+                                                       solution))
+                for i, solution in task["samples"]}
+    finally:
+        gc.unfreeze()
 
 
 def rescore(checks: list[dict], args: argparse.Namespace) -> dict[int, str]:
@@ -226,12 +284,24 @@ def sandbox_record(plan: dict, results: list[dict], rescored: dict[int, str],
 
 
 _STATE: dict = {}
-_FORK = multiprocessing.get_context("fork")
+_SPAWN = multiprocessing.get_context("spawn")
+# The fields of a problem that checking reads (the prompt and canonical solution are not).
+PROBLEM_FIELDS = ("entry_point", "atol", "base_input", "plus_input")
 
 
 def _check(i: int, limit_scale: float = 1.0, ref_times: dict | None = None) -> dict:
-    """Base and plus verdicts of sample i, each with whether a per-input time limit fired.
-    ref_times: the reference times limits derive from, if not the cached ground truth's.
+    """Base and plus verdicts of sample i (in this scorer, which holds every task)."""
+    st = _STATE
+    sample = st["samples"][i]
+    return _check_solution(st["problems"][sample["task_id"]], st["expected"][sample["task_id"]],
+                           sample["solution"], limit_scale, ref_times)
+
+
+def _check_solution(problem: dict, expected: dict, solution: str, limit_scale: float = 1.0,
+                    ref_times: dict | None = None) -> dict:
+    """Base and plus verdicts of one solution, each with whether a per-input time limit
+    fired. ref_times: the reference times limits derive from, if not the cached ground
+    truth's.
 
     fast_check stops a split at its first failing input, as `evalplus.evaluate` does by
     default: the verdict is the same (one failure fails the split), and a wrong or
@@ -239,9 +309,7 @@ def _check(i: int, limit_scale: float = 1.0, ref_times: dict | None = None) -> d
     from evalplus.eval import untrusted_check
 
     st = _STATE
-    sample = st["samples"][i]
-    problem, expected = st["problems"][sample["task_id"]], st["expected"][sample["task_id"]]
-    code, entry, outputs = sample["solution"], problem["entry_point"], None
+    code, entry, outputs = solution, problem["entry_point"], None
     atol = problem["atol"]
     if st["dataset"] == "humaneval" and entry == "find_zero":
         code, entry, outputs = find_zero_check(problem, code)
@@ -268,7 +336,11 @@ def _outcome_of(get) -> dict:
     try:
         return get()
     except Exception as e:  # a sample that breaks the checker fails; the run goes on
-        return {"base": f"error: {type(e).__name__}", "plus": f"error: {type(e).__name__}"}
+        return _error(e)
+
+
+def _error(e: BaseException) -> dict:
+    return {"base": f"error: {type(e).__name__}", "plus": f"error: {type(e).__name__}"}
 
 
 def _record(sample: dict, check: dict) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from ftbench.data.mirror import go_offline, resolve_data_dir
-from ftbench.evaluation.lm_eval_tasks import LM_EVAL_TASKS, build_task_dir, data_fingerprint
+from ftbench.evaluation.lm_eval_tasks import (LM_EVAL_TASKS, BuiltTasks, build_task_dir,
+                                             data_fingerprint)
 from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha256, git_state,
                                         library_versions, now_iso, read_result, write_result)
 from ftbench.evaluation.scoring import FREE_Z_DRAWS
@@ -205,20 +206,18 @@ def rank_independent_prompts() -> Iterator[None]:
         Task.build_all_requests = original
 
 
-def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings,
+def lm_eval_result(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
                    keep_samples: bool = False) -> dict:
     """Run one lm-eval task; metrics (value, stderr) per result row, per-item outcomes
     (and, with keep_samples, lm-eval's logged samples under "_samples")."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     # Every lm-eval seed follows the few-shot seed: `--seed` redraws Z only, so replicas
     # see the very same prompts (under any number of ranks: rank_independent_prompts).
     sharded = getattr(lm, "world_size", 1) > 1
     with rank_independent_prompts() if sharded else nullcontext():
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], task_manager=tm,
+            model=lm, tasks=[task], task_manager=tasks.manager(),
             num_fewshot=LM_EVAL_TASKS[task].num_fewshot, limit=s.limit, log_samples=True,
             bootstrap_iters=1000, random_seed=s.fewshot_seed,
             numpy_random_seed=s.fewshot_seed, torch_random_seed=s.fewshot_seed,
@@ -251,14 +250,15 @@ def lm_eval_result(lm, task: str, task_dir: Path, s: EvalSettings,
     return body
 
 
-def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str) -> dict | None:
+def lm_eval_replicated(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
+                       arch: str) -> dict | None:
     """One lm-eval task with a Free arm's replicas: n sample passes for a generative task;
     for a log-likelihood task the headline protocol, then every other protocol replayed
     from the same scores, and the per-draw spread. A baseline gets one pass."""
     from ftbench.evaluation.replicas import draw_spread, merge_sample_passes
 
     if arch == "oracle":
-        return lm_eval_result(lm, task, task_dir, s)
+        return lm_eval_result(lm, task, tasks, s)
     lm.forget()  # stored scores and samples serve this task's replays only
     lm.score_seconds = 0.0
     if LM_EVAL_TASKS[task].generative:
@@ -269,7 +269,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
         passes = []
         for i in range(lm.z_samples):
             lm.sample_index = i
-            passes.append(lm_eval_result(lm, task, task_dir, s))
+            passes.append(lm_eval_result(lm, task, tasks, s))
         lm.sample_index = 0
         # Collective: every rank takes part, each having counted its share of the prompts.
         limits = GenerationLimits.merge(lm.gather_object(lm.gen_limits.record()))
@@ -285,7 +285,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
                               "load_avg": load_average()}
         body["model_s"] = seconds
         return body
-    body = lm_eval_result(lm, task, task_dir, s, keep_samples=arch == "free")
+    body = lm_eval_result(lm, task, tasks, s, keep_samples=arch == "free")
     if arch != "free":
         if body is not None:
             body["model_s"] = lm.score_seconds
@@ -293,7 +293,7 @@ def lm_eval_replicated(lm, task: str, task_dir: Path, s: EvalSettings, arch: str
     others = {}
     for protocol in lm.protocols[1:]:
         lm.replay = protocol
-        alt = lm_eval_result(lm, task, task_dir, s)
+        alt = lm_eval_result(lm, task, tasks, s)
         lm.replay = None
         if alt is not None:
             others[protocol] = {"metrics": alt["metrics"], "per_item": alt["per_item"],
@@ -406,7 +406,7 @@ def _evaluate_models(model_dirs, tasks, s, results_root, mirror, cache, log, ctx
     if ctx.distributed:
         say(f"evaluating on {ctx.world} ranks ({ctx.device.type})")
     written = []
-    task_dir = None
+    lm_eval_tasks = None  # built at the first lm-eval task, then shared by every arm
     for model_dir in model_dirs:
         mctx = ctx
         if model_dir is None and ctx.distributed:
@@ -441,9 +441,10 @@ def _evaluate_models(model_dirs, tasks, s, results_root, mirror, cache, log, ctx
             if hasattr(lm, "progress_label"):
                 lm.progress_label = label
             if task in LM_EVAL_TASKS:
-                if task_dir is None:
-                    task_dir = main_first(mctx, lambda: build_task_dir(cache, mirror))
-                body = lm_eval_replicated(lm, task, task_dir, s, record["arch"])
+                if lm_eval_tasks is None:
+                    lm_eval_tasks = BuiltTasks(main_first(mctx, lambda: build_task_dir(cache,
+                                                                                  mirror)))
+                body = lm_eval_replicated(lm, task, lm_eval_tasks, s, record["arch"])
             else:
                 body = evalplus_result(lm, task, mirror, cache, out, s)
             if mctx.is_main:

@@ -7,7 +7,7 @@ from ftbench.cli import app
 from ftbench.evaluation.results import ResultsError, read_result, write_result
 from ftbench.evaluation.runner import (GEN_ESTIMATOR, LL_ESTIMATOR, EvalError, EvalSettings,
                                        evaluate_models, expand_suites, lm_eval_result)
-from ftbench.evaluation.lm_eval_tasks import build_task_dir
+from ftbench.evaluation.lm_eval_tasks import BuiltTasks, build_task_dir
 from ftbench.training.distributed import DistContext
 from ftbench.training.pair import run_dir, train_pair
 from tests.training.helpers import tiny_pair_config
@@ -65,7 +65,8 @@ def test_gsm8k_extraction_matches_lm_eval_rules(data_dir, eval_cache):
                2: "#### 70,000",                               # commas are ignored
                3: "#### 54"}                                   # wrong
     task_dir = build_task_dir(eval_cache, data_dir)
-    body = lm_eval_result(ScriptedLM(answers), "gsm8k", task_dir, EvalSettings(limit=4))
+    body = lm_eval_result(ScriptedLM(answers), "gsm8k", BuiltTasks(task_dir),
+                          EvalSettings(limit=4))
     strict = body["per_item"]["exact_match,strict-match"]
     flexible = body["per_item"]["exact_match,flexible-extract"]
     assert strict == {"0": 1.0, "1": 0.0, "2": 1.0, "3": 0.0}
@@ -159,14 +160,19 @@ class PromptRecorder(ScriptedLM):
 
 def test_replicas_with_other_seeds_see_the_same_few_shot_prompts(data_dir, eval_cache):
     task_dir = build_task_dir(eval_cache, data_dir)
-    seen = {}
-    for seed, fewshot in ((0, 0), (3, 0), (0, 1)):
+    shared = BuiltTasks(task_dir)  # one evaluation builds its tasks once for every arm
+
+    def prompts(tasks, seed, fewshot):
         lm = PromptRecorder()
-        lm_eval_result(lm, "gsm8k", task_dir, EvalSettings(limit=2, seed=seed,
-                                                           fewshot_seed=fewshot))
-        seen[(seed, fewshot)] = lm.prompts
-    assert seen[(0, 0)] == seen[(3, 0)]  # --seed redraws Z only
-    assert seen[(0, 0)] != seen[(0, 1)]  # --fewshot-seed changes the examples
+        lm_eval_result(lm, "gsm8k", tasks, EvalSettings(limit=2, seed=seed,
+                                                         fewshot_seed=fewshot))
+        return lm.prompts
+
+    first = prompts(shared, 0, 0)
+    assert prompts(shared, 3, 0) == first  # --seed redraws Z only
+    assert prompts(shared, 0, 1) != first  # --fewshot-seed changes the examples
+    # A task used before, with another few-shot seed, gives the prompts of a fresh one.
+    assert prompts(shared, 0, 0) == first == prompts(BuiltTasks(task_dir), 0, 0)
 
 
 def test_eval_bad_input_is_clear_and_keeps_results(toy_pair_dir, tmp_path, data_dir):

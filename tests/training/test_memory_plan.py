@@ -4,15 +4,39 @@ ftbench.doctor.memory for how the peak is measured) and its planning arithmetic.
 import pytest
 
 from ftbench.config import pair_config_from_dict
-from ftbench.doctor.memory import measure, step_config
+from ftbench.doctor.memory import measure_many, step_config
 from ftbench.training.memory_plan import (GiB, arm_memory, format_memory_plan, gpus_needed,
                                           max_micro_batch, memory_plan, parse_memory)
 
 TOL = 0.20  # the issue's bound; measured gaps are within 6 % (see the README figures)
+ARCHES = ("baseline", "free")
+# (size, checkpointing) at 8 x 256 tokens, where activations dominate: the head phase is the
+# peak. Toy without checkpointing is test_prediction_holds_at_toy.
+CPU_SIZES = [("toy", True), ("tiny", False), ("tiny", True), ("small", False), ("small", True)]
+# Two sequences of 64 at small: parameters and AdamW state (W_post's 16.8M) are the peak.
+STATE_DOMINATES = ("small", "free", 2, 64, False)
 
 
-def _check(size, arch, batch, seq, ckpt):
-    got = measure(size, arch, batch, seq, ckpt)["peak_bytes"]
+def _peaks(cases) -> dict:
+    """Measured peak bytes per (size, arch, batch, seq, ckpt), all in one subprocess."""
+    keys = ("size", "arch", "batch", "seq", "ckpt")
+    got = measure_many([dict(zip(keys, case)) for case in cases])
+    return {case: r["peak_bytes"] for case, r in zip(cases, got)}
+
+
+@pytest.fixture(scope="module")
+def toy_peaks():
+    return _peaks([("toy", arch, 8, 256, False) for arch in ARCHES])
+
+
+@pytest.fixture(scope="module")
+def cpu_size_peaks():
+    return _peaks([(size, arch, 8, 256, ckpt) for size, ckpt in CPU_SIZES for arch in ARCHES]
+                  + [STATE_DOMINATES])
+
+
+def _check(peaks, size, arch, batch, seq, ckpt):
+    got = peaks[(size, arch, batch, seq, ckpt)]
     cfg = step_config(size, batch, seq, ckpt)
     want = arm_memory(cfg.model, arch, seq_len=seq, micro_batch=batch, checkpointing=ckpt)
     ratio = want["peak_bytes"] / got
@@ -20,24 +44,21 @@ def _check(size, arch, batch, seq, ckpt):
     return ratio
 
 
-@pytest.mark.parametrize("arch", ["baseline", "free"])
-def test_prediction_holds_at_toy(arch):
-    _check("toy", arch, 8, 256, False)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_prediction_holds_at_toy(toy_peaks, arch):
+    _check(toy_peaks, "toy", arch, 8, 256, False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["toy", "tiny", "small"])
-@pytest.mark.parametrize("arch", ["baseline", "free"])
-@pytest.mark.parametrize("ckpt", [False, True])
-def test_prediction_holds_at_cpu_sizes(size, arch, ckpt):
-    # Activations dominate at 8 x 256 tokens: the head phase is the peak.
-    _check(size, arch, 8, 256, ckpt)
+@pytest.mark.parametrize("size,ckpt", CPU_SIZES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_prediction_holds_at_cpu_sizes(cpu_size_peaks, size, arch, ckpt):
+    _check(cpu_size_peaks, size, arch, 8, 256, ckpt)
 
 
 @pytest.mark.slow
-def test_prediction_holds_when_state_dominates():
-    # Two sequences of 64: parameters and AdamW state (W_post's 16.8M) are the peak.
-    _check("small", "free", 2, 64, False)
+def test_prediction_holds_when_state_dominates(cpu_size_peaks):
+    _check(cpu_size_peaks, *STATE_DOMINATES)
 
 
 def test_parse_memory():
