@@ -25,22 +25,24 @@ import torch  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# The slowest files, longest first (idle 2-core machine, `--durations`, one thread per
-# worker). `make test` hands whole files to workers in collection order
-# (`--dist loadfile --no-loadscope-reorder`): starting the long ones first lets the short
-# files fill in around them instead of leaving one worker alone with a long file at the end.
+# The slowest files, longest first (`--durations` under `make test` on an otherwise idle
+# 2-core machine: two workers, one thread each). `make test` hands whole files to workers
+# in collection order (`--dist loadfile --no-loadscope-reorder`): starting the long ones
+# first lets the short files fill in around them instead of leaving one worker alone with
+# a long file at the end.
 SLOWEST_FILES = (
-    "tests/repro/test_synthetic.py",
-    "tests/evaluation/test_evalplus.py",
-    "tests/test_end_to_end.py",
-    "tests/training/test_memory_plan.py",
-    "tests/doctor/test_doctor.py",
-    "tests/evaluation/test_distributed_eval.py",
+    "tests/repro/test_synthetic.py",  # 657 s
+    "tests/evaluation/test_evalplus.py",  # 194 s
+    "tests/test_end_to_end.py",  # 150 s
+    "tests/training/test_memory_plan.py",  # 52 s
     "tests/evaluation/test_runner.py",
+    "tests/evaluation/test_distributed_eval.py",
     "tests/evaluation/test_evalplus_sandbox.py",
     "tests/training/test_distributed.py",
-    "tests/model/test_models.py",
+    "tests/doctor/test_doctor.py",
     "tests/training/test_reshard.py",
+    "tests/model/test_models.py",
+    "tests/training/test_pair.py",
     "tests/test_readme_commands.py",
 )
 
