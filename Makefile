@@ -34,7 +34,8 @@ demo: $(STAMP)
 	$(BIN)/ftbench report toy
 
 ## The test suite as CI runs it (GPU tests are deselected by their marker), one pytest-xdist
-## worker per core by default. Whole files go to a worker, the slowest first (tests/conftest.py).
+## worker per core by default (TEST_WORKERS=0: one process). Whole files go to a worker, the
+## slowest first (tests/conftest.py).
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not gpu" \

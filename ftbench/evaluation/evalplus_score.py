@@ -277,6 +277,10 @@ def sandbox_record(plan: dict, results: list[dict], rescored: dict[int, str],
                             GT_TIME_LIMIT_FACTOR, "rescore_scale": args.rescore_limit_scale,
                             "rescore_reference": "max(cached, re-timed now) ground truth"},
             "gc": "frozen before forking samples; off while rescoring",
+            # memory_bytes is the rescoring pass's cap (samples forked from this scorer);
+            # first-pass samples fork from a worker holding one task, and get its size.
+            "first_pass_memory_bytes": "memory_bytes" if plan.get("from_env") else
+                                       "pool worker's address space at the task + sample_bytes",
             "rescored": {r: sum(1 for v in rescored.values() if v == r) for r in reasons},
             "rescored_total": len(rescored), "rescored_changed": changed,
             # Kept for results written before time-limit failures were rescored too.
