@@ -86,9 +86,6 @@ def main(argv=None) -> None:
                else "MBPP_OVERRIDE_PATH"] = args.problems
     os.environ["XDG_CACHE_HOME"] = args.cache
     os.environ.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # set, it breaks every check
-    # Samples rescored here are forked (not spawned, Python 3.14's default) so that they
-    # inherit the time-limit probe.
-    multiprocessing.set_start_method("fork", force=True)
     with sandbox_folder(args.workdir):
         out = score(args)
     if out is None:
@@ -111,13 +108,11 @@ def score(args: argparse.Namespace) -> dict | None:
     expected = groundtruth.load_groundtruth(problems, wanted, folder, not_none, log=say)
     if args.groundtruth_only:
         return None
-    _STATE.update(dataset=args.dataset, samples=samples, not_none=not_none,
+    _STATE.update(samples=samples, not_none=not_none,
                   problems={k: problems[k] for k in wanted}, expected=expected)
     del problems
     plan = sample_memory(args)
-    probe = TimeLimitProbe()
-    probe.install()
-    _STATE["probe"] = probe
+    prepare_sample_forks(args.dataset)  # this scorer forks the samples it rescores
     # Everything the scorer holds now (ground truth included) leaves the collector's view:
     # forked workers and samples never traverse it, nor copy its pages by doing so.
     gc.freeze()
@@ -171,7 +166,8 @@ def first_pass(n: int, plan: dict, args: argparse.Namespace) -> list[dict]:
     progress = Progress(n, f"EvalPlus {args.dataset}", args.progress)
     try:
         with ProcessPoolExecutor(max_workers=plan["parallel"], mp_context=_SPAWN,
-                                 initializer=_init_worker, initargs=(args.dataset,)) as pool:
+                                 initializer=prepare_sample_forks,
+                                 initargs=(args.dataset,)) as pool:
             futures = {pool.submit(_check_task, _task_payload(task_id, indices), share): indices
                        for task_id, indices in by_task.items()}
             for fut in as_completed(futures):
@@ -196,9 +192,10 @@ def _task_payload(task_id: str, indices: list[int]) -> dict:
             "samples": [(i, _STATE["samples"][i]["solution"]) for i in indices]}
 
 
-def _init_worker(dataset: str) -> None:
-    # A spawned worker inherits "spawn" as its default; EvalPlus's sample processes must be
-    # forked from it (cheap now, and they inherit the probe and the frozen task).
+def prepare_sample_forks(dataset: str) -> None:
+    """Set up a process that forks EvalPlus's sample processes: the scorer (rescoring) and
+    each pool worker. The samples must be forked, not spawned (a spawned worker's default,
+    and Python 3.14's), so that they inherit the time-limit probe and the frozen task."""
     multiprocessing.set_start_method("fork", force=True)
     _STATE["dataset"] = dataset
     probe = TimeLimitProbe()
