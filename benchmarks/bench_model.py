@@ -82,10 +82,10 @@ class Trainer:
     def step(self) -> None:
         x, y = self.tokens[:, :-1], self.tokens[:, 1:]
         if self.arch == "free":
-            out = self.model(x, z_generator=self.zg)
-            loss = free_transformer_loss(out.logits_BTV, y, out.kl_BT, self.kappa)["loss"]
+            out = self.model(x, z_generator=self.zg, targets_BT=y)
+            loss = free_transformer_loss(out.ce, out.kl_BT, self.kappa)["loss"]
         else:
-            loss = lm_loss(self.model(x).logits_BTV, y)["loss"]
+            loss = lm_loss(self.model(x, targets_BT=y).ce)["loss"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -211,17 +211,19 @@ def resolve_pair_config(config: Path | None, size: str | None, overrides: list[s
     return load_pair_config(config, overrides=overrides)
 
 
-def run_train_pair(cfg, fail) -> dict:
+def run_train_pair(cfg, fail, device_memory: str | None = None) -> dict:
     """Train a pair, turning the errors a user can fix into one clear message."""
     from ftbench.data.errors import DataError
     from ftbench.training.checkpoint import CheckpointError
     from ftbench.training.loop import TrainingError
+    from ftbench.training.memory_plan import MemoryPlanError
     from ftbench.training.pair import train_pair
     from ftbench.training.trackers import TrackerUnavailable
 
     try:
-        return train_pair(cfg)
-    except (DataError, CheckpointError, TrainingError, TrackerUnavailable) as e:
+        return train_pair(cfg, device_memory=device_memory)
+    except (DataError, CheckpointError, TrainingError, TrackerUnavailable,
+            MemoryPlanError) as e:
         fail(str(e))
 
 

@@ -156,10 +156,14 @@ def train_pair(
     world_size: int = typer.Option(1, "--world-size", help="With --dry-run: ranks the memory "
                                    "plan assumes (FSDP2 shards weights, grads and AdamW)."),
     device_memory: Optional[str] = typer.Option(
-        None, "--device-memory", help="With --dry-run: memory per device, e.g. 80GB; the plan "
-                                      "then says whether each arm fits, the largest micro-batch "
-                                      "that does and how many GPUs a 1-sequence micro-batch "
-                                      "needs."),
+        None, "--device-memory", help="Memory per device, e.g. 80GB (default: a GPU's own; "
+                                      "CPU runs are not checked without it). Training stops "
+                                      "with exit 2 before any work when an arm's planned peak "
+                                      "exceeds it, naming a run.grad_accum that fits. With "
+                                      "--dry-run: the plan says whether each arm fits, the "
+                                      "largest micro-batch that does and how many GPUs a "
+                                      "1-sequence micro-batch needs, and exits 2 if one does "
+                                      "not fit."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 
@@ -179,6 +183,13 @@ def train_pair(
         cfg = resolve_pair_config(config, size, list(overrides), data_dir)
     except ConfigError as e:
         _fail(str(e))
+    if device_memory is not None:
+        from ftbench.training.memory_plan import parse_memory
+
+        try:
+            parse_memory(device_memory)
+        except ValueError as e:
+            _fail(f"--device-memory: {e}")
     if dry:
         from ftbench.config.loader import dump_pair_config
         from ftbench.data.errors import DataError
@@ -188,8 +199,13 @@ def train_pair(
             info = dry_run(cfg, world_size=world_size, device_memory=device_memory)
         except (DataError, ValueError) as e:
             _fail(str(e))
+        from ftbench.training.memory_plan import format_memory_plan, refusal_lines, run_fits
+
+        too_big = run_fits(info["memory_plan"])
         if as_json:
             typer.echo(json.dumps(info, indent=2, default=str))
+            if too_big:
+                raise typer.Exit(2)
             return
         typer.echo(dump_pair_config(cfg))
         _echo_budget(info["data"])
@@ -199,14 +215,14 @@ def train_pair(
             typer.echo(f"  {name:18s} params {_human(a['params']):>8s}  train FLOPs/token "
                        f"{_human(a['train_flops_per_token']):>8s}  weights+grads+AdamW "
                        f"{a['state_memory_bytes'] / 2**30:.2f} GiB")
-        from ftbench.training.memory_plan import format_memory_plan
-
         for line in format_memory_plan(info["memory_plan"]):
             typer.echo(line)
+        if too_big:
+            _fail("\n".join(refusal_lines(info["memory_plan"], too_big, cfg)))
         return
     from ftbench.api import run_train_pair
 
-    run_train_pair(cfg, fail=_fail)
+    run_train_pair(cfg, fail=_fail, device_memory=device_memory)
 
 
 def _echo_budget(d: dict) -> None:

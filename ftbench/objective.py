@@ -19,21 +19,25 @@ def token_cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> t
                            reduction="none").view_as(targets_BT)
 
 
-def lm_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
-            mask_BT: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    ce = _masked_mean(token_cross_entropy(logits_BTV, targets_BT), mask_BT)
+def mean_cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
+                       mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean CE over the tokens where mask_BT is True (all by default), from logits."""
+    return _masked_mean(token_cross_entropy(logits_BTV, targets_BT), mask_BT)
+
+
+def lm_loss(ce: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The baseline's objective from its mean CE (the model's output given targets)."""
     return {"loss": ce, "ce": ce}
 
 
-def free_transformer_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
-                          kl_BT: torch.Tensor, kappa_nats: float,
+def free_transformer_loss(ce: torch.Tensor, kl_BT: torch.Tensor, kappa_nats: float,
                           mask_BT: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Eq. 5 with token-wise free bits: CE + mean_t max(0, KL_t - kappa), kappa in nats.
 
-    The hinge is applied to each token's KL before any averaging; pad tokens (mask False)
-    count in neither term.
+    `ce`: the mean CE over the same tokens (the model's output given targets, or
+    `mean_cross_entropy`). The hinge is applied to each token's KL before any averaging;
+    pad tokens (mask False) count in neither term.
     """
-    ce = _masked_mean(token_cross_entropy(logits_BTV, targets_BT), mask_BT)
     hinge = _masked_mean(torch.clamp(kl_BT - kappa_nats, min=0.0), mask_BT)
     return {"loss": ce + hinge, "ce": ce, "hinge": hinge,
             "kl_nats": _masked_mean(kl_BT, mask_BT),

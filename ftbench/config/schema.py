@@ -111,6 +111,13 @@ class RunConfig:
     batch_size: int = 8
     """Sequences per optimiser step, over all ranks and accumulation steps."""
     grad_accum: int = 1
+    """Micro-batches per optimiser step on each rank: a rank runs batch_size / ranks /
+    grad_accum sequences at a time. It does not change the run (the same global batch,
+    the same Z per sequence), so it may differ when a run is resumed on other hardware."""
+    timeout_minutes: float = 30.0
+    """A collective (all-reduce, barrier) that waits longer aborts the job instead of
+    hanging it. Ranks waiting for rank 0's host work (data preparation, the export) wait
+    up to 12 hours."""
     checkpoint_every: int = 100
     eval_every: int = 50
     val_batches: int = 4
@@ -181,6 +188,8 @@ class PairConfig:
                      "val_batches"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"run.{name}: must be >= 1, got {getattr(r, name)}")
+        if not r.timeout_minutes > 0:
+            raise ConfigError(f"run.timeout_minutes: must be > 0, got {r.timeout_minutes}")
         if r.batch_size % r.grad_accum:
             raise ConfigError(f"run.batch_size: {r.batch_size} is not divisible by "
                               f"run.grad_accum={r.grad_accum}")

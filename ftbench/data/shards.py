@@ -5,7 +5,9 @@ Each unit of work (see ftbench.data.units) becomes one part: `<unit>.train.bin` 
 (token counts, the document table, hashes), written last so its presence marks the part
 complete. `index.json` lists, in a fixed order, the parts a run uses and how many tokens
 of each; it is written last of all. Readers memory-map the shards: no shard is loaded
-whole, and the training corpus may be far larger than memory.
+whole, and the training corpus may be far larger than memory. A shard is mapped when it is
+first read, and only a bounded number of maps stay open, since a large run reads thousands
+of shards and every map holds a file descriptor.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import mmap
 import os
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,9 @@ from ftbench.data.errors import DataError
 
 INDEX = "index.json"
 INDEX_VERSION = 2
+# Well under the usual soft limit of 1024 open files, with room for the rest of a run
+# (sockets, checkpoints, the train and the validation stream each holding this many).
+MAX_OPEN_MAPS = 64
 
 
 def token_dtype(vocab_size: int):
@@ -75,6 +82,32 @@ class ShardWriter:
                 "sha256": self.h.hexdigest()}
 
 
+class ShardMaps:
+    """Memory maps of shard files, at most `limit` open at once.
+
+    The least recently read map is dropped first. A dropped map closes its file descriptor
+    when nothing refers to it any more, which is why TokenStream hands out copies, never
+    views into a map."""
+
+    def __init__(self, limit: int = MAX_OPEN_MAPS):
+        self.limit = limit
+        self.maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def get(self, path: Path, dtype) -> np.ndarray:
+        arr = self.maps.get(path)
+        if arr is not None:
+            self.maps.move_to_end(path)
+            return arr
+        # mmap over np.memmap: a random batch maps a new shard for most rows, and this is
+        # several times cheaper to set up. The mmap keeps its own duplicate of the fd.
+        with open(path, "rb") as f:
+            arr = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype)
+        self.maps[path] = arr
+        if len(self.maps) > self.limit:
+            self.maps.popitem(last=False)
+        return arr
+
+
 @dataclass
 class Span:
     """The first `tokens` tokens of one shard file, starting at global offset `start`."""
@@ -82,7 +115,14 @@ class Span:
     path: Path
     tokens: int
     start: int
-    array: np.ndarray
+    dtype: np.dtype
+    maps: ShardMaps = field(repr=False, compare=False)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The whole shard file, mapped on first use. Hold it only while reading: a kept
+        reference keeps its file open after the map is dropped."""
+        return self.maps.get(self.path, self.dtype)
 
 
 class TokenStream:
@@ -96,7 +136,7 @@ class TokenStream:
         self.spans = spans
         self.starts = [s.start for s in spans]
         self.total = spans[-1].start + spans[-1].tokens if spans else 0
-        self.dtype = spans[0].array.dtype if spans else np.uint16
+        self.dtype = np.dtype(spans[0].dtype if spans else np.uint16)
 
     def __len__(self) -> int:
         return self.total
@@ -119,7 +159,8 @@ class TokenStream:
             i = j
         if not out:
             return np.empty(0, dtype=self.dtype)
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        # A copy even from one shard: a view would keep the map's file open after eviction.
+        return np.array(out[0]) if len(out) == 1 else np.concatenate(out)
 
     def locate(self, i: int) -> tuple[Span, int]:
         """The span holding global token i, and i's offset in that shard."""
@@ -127,9 +168,11 @@ class TokenStream:
         return s, i - s.start
 
 
-def open_stream(directory: Path, entries: list[dict], dtype) -> TokenStream:
-    """Memory-map the shards an index lists, checking each file's recorded size."""
-    spans, start = [], 0
+def open_stream(directory: Path, entries: list[dict], dtype,
+                max_open: int = MAX_OPEN_MAPS) -> TokenStream:
+    """The shards an index lists as one stream, checking each file's recorded size now and
+    mapping each file when it is first read (at most `max_open` maps at a time)."""
+    maps, spans, start = ShardMaps(max_open), [], 0
     for e in entries:
         path = directory / e["path"]
         if not path.is_file():
@@ -141,8 +184,7 @@ def open_stream(directory: Path, entries: list[dict], dtype) -> TokenStream:
                             f"{e['bytes']}. Delete it and rerun `ftbench data prepare`: only "
                             "the missing part is rebuilt")
         if e["tokens"]:
-            arr = np.memmap(path, dtype=dtype, mode="r")
-            spans.append(Span(path, e["tokens"], start, arr))
+            spans.append(Span(path, e["tokens"], start, np.dtype(dtype), maps))
             start += e["tokens"]
     return TokenStream(spans)
 

@@ -35,8 +35,9 @@ def parity_config(out_dir: Path | str, steps: int = 4, checkpoint_every: int = 2
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "latent": {"kappas_bits": [0.5]},
         # eval_every > steps: validation runs only at the last step, the one part of the
-        # run that is not under test here.
-        "run": {"name": "parity", "steps": steps, "batch_size": 4,
+        # run that is not under test here. float32 on any device: the tolerances of these
+        # comparisons are fp32's (a bf16 run differs from one process by bf16 rounding).
+        "run": {"name": "parity", "steps": steps, "batch_size": 4, "dtype": "float32",
                 "checkpoint_every": checkpoint_every, "eval_every": 1000, "val_batches": 1,
                 "out_dir": str(out_dir), **run},
     })
@@ -122,18 +123,24 @@ def compare_states(a: dict, b: dict) -> float:
 
 # ---- process launch ------------------------------------------------------------------
 
-def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int) -> None:
+def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int,
+            device_rule: bool) -> None:
     import torch.distributed as dist
 
-    from ftbench.training.distributed import DistContext
+    from ftbench.training.device_rule import install
+    from ftbench.training.distributed import DistContext, new_host_group
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device, backend = _device_for(rank, world)
+    if device_rule and device.type == "cpu":
+        install()
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+                            world_size=world, **({"device_id": device}
+                                                 if device.type == "cuda" else {}))
     try:
-        ctx = DistContext(rank=rank, world=world, local_rank=rank, device=device)
+        ctx = DistContext(rank=rank, world=world, local_rank=rank, device=device,
+                          host_group=new_host_group())
         for fn, kwargs in jobs:
             fn(ctx, **kwargs)
     finally:
@@ -165,10 +172,14 @@ def run_local(jobs: list, like_world: int = 2) -> None:
         fn(ctx, **kwargs)
 
 
-def spawn(world: int, jobs: list, threads: int = 1) -> None:
-    """Run `(fn, kwargs)` jobs on `world` gloo ranks in fresh processes (fn(ctx, **kwargs))."""
+def spawn(world: int, jobs: list, threads: int = 1, device_rule: bool = True) -> None:
+    """Run `(fn, kwargs)` jobs on `world` ranks in fresh processes (fn(ctx, **kwargs)).
+    On CPU ranks, `device_rule` makes collectives refuse host tensors as NCCL does
+    (ftbench.training.device_rule), so a host tensor in a collective fails here as it
+    would on GPUs."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="ftbench-rdzv-") as d:
         init_file = os.path.join(d, "rendezvous")
-        mp.spawn(_worker, args=(world, init_file, jobs, threads), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, init_file, jobs, threads, device_rule), nprocs=world,
+                 join=True)

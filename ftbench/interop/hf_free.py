@@ -43,13 +43,14 @@ def free_config(cfg, meta: dict, eot_id: int, pad_id: int) -> dict:
 
 
 def training_tokens(meta: dict) -> int | None:
-    """Tokens the arm was trained on: steps x batch x grad_accum x seq_len x world size."""
+    """Tokens the arm was trained on: steps x batch_size x seq_len.
+
+    run.batch_size is the global batch (all ranks and all accumulation steps together), so
+    neither the world size nor grad_accum multiplies it."""
     pair = meta.get("pair_config") or {}
     run, data = pair.get("run") or {}, pair.get("data") or {}
     try:
-        world = int((meta.get("summary") or {}).get("world_size") or 1)
-        return (int(meta["steps"]) * int(run["batch_size"]) * int(run.get("grad_accum", 1))
-                * int(data["seq_len"]) * world)
+        return int(meta["steps"]) * int(run["batch_size"]) * int(data["seq_len"])
     except (KeyError, TypeError, ValueError):
         return None
 

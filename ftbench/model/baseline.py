@@ -9,17 +9,21 @@ from torch import nn
 
 from ftbench.model.blocks import AttentionMask, Block, DecodeCache, RMSNorm, Rotary
 from ftbench.model.config import ModelConfig
+from ftbench.model.linear_cross_entropy import linear_cross_entropy
 
 
 @dataclass
 class LMOutput:
-    logits_BTV: torch.Tensor
+    logits_BTV: torch.Tensor | None
+    """None when the call was given targets: the loss is computed without them."""
     kl_BT: torch.Tensor | None = None
     """Free Transformer only: KL(Q(Z_t|S) || uniform) in nats, zero where Z came from the prior."""
     z_BT: torch.Tensor | None = None
     """Free Transformer only: the code index used at every position."""
     latent_logits_BTH: torch.Tensor | None = None
     """Free Transformer only: the encoder's H bit logits (posterior mode)."""
+    ce: torch.Tensor | None = None
+    """With targets: the mean next-token cross-entropy in nats (fp32 scalar)."""
 
 
 @dataclass
@@ -113,23 +117,35 @@ class BaselineDecoder(nn.Module):
                                    rows_N=rows)
         return x_BTD
 
+    def _head_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
     def _logits(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        h_BTD = self.norm(x_BTD)
-        if self.lm_head is None:
-            return h_BTD @ self.tok_emb.weight.t()
-        return self.lm_head(h_BTD)
+        return self.norm(x_BTD) @ self._head_weight().t()
+
+    def _readout(self, x_BTD: torch.Tensor, targets_BT: torch.Tensor | None) -> dict:
+        """Logits, or with targets only the mean cross-entropy, fused with the head so
+        that the (B, T, V) logits never exist (inside forward: under FSDP2 the head's
+        weight is gathered only there)."""
+        if targets_BT is None:
+            return {"logits_BTV": self._logits(x_BTD)}
+        h_ND = self.norm(x_BTD).flatten(0, 1)
+        return {"logits_BTV": None,
+                "ce": linear_cross_entropy(h_ND, self._head_weight(), targets_BT.flatten())}
 
     def forward(self, tokens_BT: torch.Tensor, *, positions_BT: torch.Tensor | None = None,
                 valid_BT: torch.Tensor | None = None,
-                cache: DecodeCache | None = None) -> LMOutput:
-        """Logits for every position.
+                cache: DecodeCache | None = None,
+                targets_BT: torch.Tensor | None = None) -> LMOutput:
+        """Logits for every position, or with `targets_BT` the mean cross-entropy only.
 
         positions_BT: rotary positions (default: consecutive from the cache's length);
         valid_BT: False marks pad tokens, which no query attends to;
-        cache: filled in place and advanced by T.
+        cache: filled in place and advanced by T;
+        targets_BT: next tokens; the logits are then never materialised (training).
         """
         rope, mask = self._prepare(tokens_BT, positions_BT, valid_BT, cache)
         x_BTD = self._run_blocks(self.tok_emb(tokens_BT), 0, self.cfg.n_layers, rope, mask, cache)
         if cache is not None:
             cache.length += tokens_BT.shape[1]
-        return LMOutput(self._logits(x_BTD))
+        return LMOutput(**self._readout(x_BTD, targets_BT))

@@ -110,7 +110,8 @@ class FreeTransformer(BaselineDecoder):
                 latent: LatentMode = "posterior", z_BT: torch.Tensor | None = None,
                 encoder_mask_BT: torch.Tensor | None = None,
                 z_generator: torch.Generator | None = None,
-                z_uniform_BTH: torch.Tensor | None = None) -> LMOutput:
+                z_uniform_BTH: torch.Tensor | None = None,
+                targets_BT: torch.Tensor | None = None) -> LMOutput:
         """Logits for every position, with Z chosen by `latent`:
 
         - "posterior": Z_t ~ Q(Z_t|S) from the encoder (training, prefill). The encoder
@@ -120,7 +121,8 @@ class FreeTransformer(BaselineDecoder):
         - "prior": Z_t uniform i.i.d. (generation steps, the prior-Z protocol).
         - "fixed": Z given in `z_BT` (tests, shared-Z sampling).
         Z is drawn from `z_generator`, apart from any token sampling; in posterior mode
-        `z_uniform_BTH` may supply the U(0,1) draws of the bits instead.
+        `z_uniform_BTH` may supply the U(0,1) draws of the bits instead. With `targets_BT`
+        the output holds the mean cross-entropy instead of the logits (training).
         """
         B, T = tokens_BT.shape
         if cache is not None and latent == "posterior" and cache.length > 0:
@@ -156,5 +158,6 @@ class FreeTransformer(BaselineDecoder):
         x_BTD = self._z_dependent_blocks(x_BTD, r_BTD, rope, mask, cache)
         if cache is not None:
             cache.length += T
-        return LMOutput(self._logits(x_BTD), kl_BT, z_BT, latent_logits_BTH)
+        return LMOutput(kl_BT=kl_BT, z_BT=z_BT, latent_logits_BTH=latent_logits_BTH,
+                        **self._readout(x_BTD, targets_BT))
 

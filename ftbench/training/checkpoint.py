@@ -47,7 +47,10 @@ class Checkpointer:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, step: int, model: torch.nn.Module, optim: torch.optim.Optimizer) -> Path:
+    def save(self, step: int, model: torch.nn.Module, optim: torch.optim.Optimizer,
+             record: dict | None = None) -> Path:
+        """`record`: the step's metrics, kept in meta.json so that a run stopped before
+        writing them (in validation, which follows the save) can finish that step."""
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f"step_{step:08d}.tmp"
         if self.ctx.is_main:
@@ -58,8 +61,10 @@ class Checkpointer:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         barrier(self.ctx)
         if self.ctx.is_main:
-            (tmp / "meta.json").write_text(json.dumps({"step": step, **self.fingerprint},
-                                                      indent=2))
+            meta = {"step": step, **self.fingerprint}
+            if record is not None:
+                meta["record"] = record
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -80,6 +85,10 @@ class Checkpointer:
                 f"checkpoint {path} was written by another config (differs in: "
                 f"{', '.join(differ)}). Use a new run.name, or delete {self.root} to start over.")
         return meta
+
+    def record(self, path: Path) -> dict | None:
+        """The metrics of the checkpoint's step, as saved with it (None if not saved)."""
+        return self.check(path).get("record")
 
     def load(self, path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer) -> int:
         meta = self.check(path)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+DEFAULT_TIMEOUT_MINUTES = 30.0
+"""A collective that waits longer than this aborts the job (NCCL's own default is 10)."""
+HOST_WAIT_HOURS = 12.0
+"""How long ranks wait for rank 0's host work (building data, writing an export)."""
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,9 @@ class DistContext:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    host_group: object = None
+    """A gloo group for waiting on rank 0's host work: its barrier has its own long
+    timeout, so the device group's (minutes) can stay short enough to catch a hang."""
 
     @property
     def is_main(self) -> bool:
@@ -25,28 +34,53 @@ class DistContext:
         return self.world > 1
 
 
-def init_distributed() -> DistContext:
-    """Read torchrun's environment; the backend follows the device (NCCL on GPUs, gloo on CPU)."""
+def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistContext:
+    """Read torchrun's environment; the backend follows the device (NCCL on GPUs, gloo on
+    CPU). NCCL gets its device up front (`device_id`: no guessing at the first collective)
+    and `timeout_minutes` for every collective. On CPU, FTBENCH_DEVICE_RULE=nccl makes
+    collectives refuse host tensors as NCCL would (ftbench.training.device_rule)."""
+    from ftbench.training.device_rule import install_from_env
+
+    install_from_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = timedelta(minutes=timeout_minutes)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        device = torch.device("cuda", local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
     else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return DistContext(rank, world, local_rank, device)
+        device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo", timeout=timeout)
+    return DistContext(rank, world, local_rank, device, host_group=new_host_group())
+
+
+def new_host_group():
+    """The gloo group behind `wait_for_main` (collective: every rank calls it)."""
+    return dist.new_group(backend="gloo", timeout=timedelta(hours=HOST_WAIT_HOURS))
 
 
 def barrier(ctx: DistContext) -> None:
+    """Every rank reaches this point; bounded by the device group's timeout."""
     if ctx.distributed:
         dist.barrier()
 
 
+def wait_for_main(ctx: DistContext) -> None:
+    """A barrier for ranks that wait while rank 0 does long host work (data preparation,
+    writing an export): on the host group, so the device group's short timeout does not
+    abort the waiting ranks."""
+    if ctx.distributed:
+        dist.barrier(group=ctx.host_group)  # None (a context made by hand): the default group
+
+
 def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Mean over ranks of a tensor on the run's device (NCCL takes no host tensor); stack
+    scalars into one tensor to reduce them in one collective."""
     if ctx.distributed:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
@@ -55,8 +89,13 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 
 def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpointing: bool,
-                compile: bool) -> torch.nn.Module:
+                compile: bool, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The fixed order: activation checkpointing, compile, fully_shard per unit, root.
+
+    `param_dtype` (bf16 runs): every unit gathers its weights in that dtype and reduces
+    gradients in fp32 (FSDP2's MixedPrecisionPolicy), over fp32 sharded weights and AdamW
+    state. Gathers move half the bytes, autocast finds bf16 weights and keeps no copies of
+    its own, and the residual stream is bf16 from the embedding on.
 
     FSDP units (distributed runs): each decoder block; the encoder block; the rest of the
     encoder (zeta, readout) grouped with W_post; the root (embeddings, final norm, head).
@@ -85,14 +124,16 @@ def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpoi
             block.compile()
     if ctx.distributed:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+        mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+              if param_dtype is not None else MixedPrecisionPolicy())
         for block in blocks:
-            fully_shard(block, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=mp)
         if encoder is not None and post_sampler is not None:
-            fully_shard([encoder, post_sampler], mesh=mesh)
-        fully_shard(model, mesh=mesh)
+            fully_shard([encoder, post_sampler], mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         _forward_prefetch(model, encoder)
     return model
 

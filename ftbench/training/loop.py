@@ -71,17 +71,41 @@ def z_uniforms(seed: int, tag: str, rows: range, T: int, H: int,
     return out.to(device)
 
 
+def z_prior_codes(seed: int, tag: str, rows: range, T: int, n_codes: int,
+                  device: torch.device) -> torch.Tensor:
+    """(len(rows), T) uniform codes, each row from its own generator (global row id)."""
+    out = torch.empty(len(rows), T, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        g = torch.Generator().manual_seed(param_seed(seed, f"{tag}/{row}"))
+        out[i] = torch.randint(0, n_codes, (T,), generator=g)
+    return out.to(device)
+
+
 def forward_loss(model, arm: Arm, batch: torch.Tensor, cfg: PairConfig, z_tag: str,
                  first_row: int, amp: torch.dtype | None) -> dict:
+    """The arm's objective on one micro-batch; the model fuses the head with the
+    cross-entropy, so the (B, T, V) logits never exist."""
     x, y = batch[:, :-1], batch[:, 1:]
     device = batch.device
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         if arm.arch == "free":
             u = z_uniforms(cfg.run.seed, z_tag, range(first_row, first_row + len(batch)),
                            x.shape[1], arm.model.latent_bits, device)
-            out = model(x, z_uniform_BTH=u)
-            return free_transformer_loss(out.logits_BTV, y, out.kl_BT, arm.kappa_nats)
-        return lm_loss(model(x).logits_BTV, y)
+            out = model(x, z_uniform_BTH=u, targets_BT=y)
+            return free_transformer_loss(out.ce, out.kl_BT, arm.kappa_nats)
+        return lm_loss(model(x, targets_BT=y).ce)
+
+
+def micro_rows(cfg: PairConfig, ctx: DistContext) -> tuple[int, int]:
+    """(sequences per rank per step, sequences per micro-batch)."""
+    r = cfg.run
+    if r.batch_size % (ctx.world * r.grad_accum):
+        raise TrainingError(
+            f"run.batch_size={r.batch_size} does not split into {ctx.world} rank(s) x "
+            f"run.grad_accum={r.grad_accum} equal micro-batches; choose a batch size that is "
+            f"a multiple of {ctx.world * r.grad_accum}")
+    per_rank = r.batch_size // ctx.world
+    return per_rank, per_rank // r.grad_accum
 
 
 @torch.no_grad()
@@ -94,45 +118,52 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     Free models also get what the latent carries, not only what it costs: the mutual
     information estimate of ftbench.diagnostics.latent_info (val_mi_bits, an upper bound
     per token; val_mi_content_bits, beyond the position) and the spread of the encoder's
-    bit logits across positions (val_logit_std)."""
+    bit logits across positions (val_logit_std).
+
+    Runs in the training's micro-batches (a step's per-rank batch would not fit where
+    training needs run.grad_accum), one forward at a time; Z is drawn per global row, so
+    the figures do not depend on the world size or the micro-batch."""
     model.eval()
     T = cfg.data.seq_len
     n_windows = (len(val) - 1) // T
     if n_windows < 1:
         raise TrainingError("the validation split is shorter than one sequence; raise "
                             "data.train_tokens or data.val_fraction")
-    per_rank = max(1, cfg.run.batch_size // ctx.world)
-    sums: dict[str, float] = {}
+    per_rank, micro = micro_rows(cfg, ctx)
+    sums: dict[str, torch.Tensor] = {}
     count = 0
     latent = LatentInfoAccumulator() if arm.arch == "free" else None
     for b in range(cfg.run.val_batches):
-        rows = [(b * cfg.run.batch_size + ctx.rank * per_rank + j) % n_windows
-                for j in range(per_rank)]
-        batch = torch.from_numpy(np.stack([np.asarray(val[k * T:k * T + T + 1], dtype=np.int64)
-                                           for k in rows])).to(ctx.device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-            if arm.arch == "free":
-                first = b * cfg.run.batch_size + ctx.rank * per_rank
-                rows_range = range(first, first + per_rank)
-                u = z_uniforms(cfg.run.seed, "val-post", rows_range, T, arm.model.latent_bits,
-                               ctx.device)
-                post = model(x, z_uniform_BTH=u)
-                latent.add(post.latent_logits_BTH)
-                ce_post = free_transformer_loss(post.logits_BTV, y, post.kl_BT, 0.0)
-                g = torch.Generator().manual_seed(param_seed(cfg.run.seed, f"val-prior/{first}"))
-                z_prior = torch.randint(0, arm.model.n_codes, x.shape, generator=g).to(ctx.device)
-                prior = model(x, latent="fixed", z_BT=z_prior)
-                values = {"ce_prior": lm_loss(prior.logits_BTV, y)["ce"],
-                          "elbo": ce_post["ce"] + ce_post["kl_nats"],
-                          "kl_bits": ce_post["kl_nats"] / math.log(2)}
-            else:
-                values = {"ce": lm_loss(model(x).logits_BTV, y)["ce"]}
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + float(all_reduce_mean(v.detach().float(), ctx))
-        count += 1
+        for m in range(0, per_rank, micro):
+            first = b * cfg.run.batch_size + ctx.rank * per_rank + m
+            rows = range(first, first + micro)
+            batch = torch.from_numpy(np.stack([
+                np.asarray(val[(k % n_windows) * T:(k % n_windows) * T + T + 1], dtype=np.int64)
+                for k in rows])).to(ctx.device)
+            x, y = batch[:, :-1], batch[:, 1:]
+            with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+                if arm.arch == "free":
+                    u = z_uniforms(cfg.run.seed, "val-post", rows, T, arm.model.latent_bits,
+                                   ctx.device)
+                    post = model(x, z_uniform_BTH=u, targets_BT=y)
+                    latent.add(post.latent_logits_BTH)
+                    kl = post.kl_BT.float().mean()
+                    values = {"elbo": post.ce + kl, "kl_bits": kl / math.log(2)}
+                    del post
+                    z_prior = z_prior_codes(cfg.run.seed, "val-prior", rows, T,
+                                            arm.model.n_codes, ctx.device)
+                    values["ce_prior"] = model(x, latent="fixed", z_BT=z_prior,
+                                               targets_BT=y).ce
+                else:
+                    values = {"ce": model(x, targets_BT=y).ce}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v.float() * len(rows)
+            count += len(rows)
     model.train()
-    out = {f"val_{k}": v / count for k, v in sums.items()}
+    keys = sorted(sums)
+    # Every rank scores as many rows: the mean of the ranks' means is the global mean.
+    means = all_reduce_mean(torch.stack([sums[k] for k in keys]) / count, ctx).tolist()
+    out = {f"val_{k}": v for k, v in zip(keys, means)}
     if latent is not None:
         # Sums from every rank (their mean: the estimate uses ratios of sums only).
         latent.load_tensors([None if t is None else all_reduce_mean(t, ctx)
@@ -163,6 +194,18 @@ class MetricsLog:
             tmp.write_text("".join(l + "\n" for l in kept))
             tmp.replace(path)
 
+    def has(self, step: int) -> bool:
+        """Whether a line for `step` is on disk (rank 0; the others answer False)."""
+        if not self.ctx.is_main or not self.path.is_file():
+            return False
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step") == step:
+                    return True
+            except json.JSONDecodeError:
+                break
+        return False
+
     def write(self, record: dict) -> None:
         if self.ctx.is_main:
             with open(self.path, "a") as f:
@@ -173,7 +216,7 @@ def build_arm_model(arm: Arm, cfg: PairConfig, ctx: DistContext) -> torch.nn.Mod
     """Meta build, parallelize, materialise, init from the pair seed (shared weights match)."""
     model = build_model(arm.model, arm.arch, device="meta")
     model = parallelize(model, ctx, activation_checkpointing=cfg.run.activation_checkpointing,
-                        compile=cfg.run.compile)
+                        compile=cfg.run.compile, param_dtype=autocast_dtype(cfg, ctx.device))
     model = model.to_empty(device=ctx.device)
     init_weights(model, cfg.run.seed)
     return model.train()
@@ -203,13 +246,22 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     ckpt = Checkpointer(arm_dir / "checkpoints", ctx, fingerprint)
     step = 0
     latest = ckpt.latest()
+    pending = None
     if latest is not None:
         step = ckpt.load(latest, model, optim)
+        pending = ckpt.record(latest)
         log(f"{arm.name}: resumed from {latest} (step {step})")
     metrics = MetricsLog(arm_dir / "metrics.jsonl", ctx, step)
     trackers = _open_trackers(arm, cfg, arm_dir, ctx, step)
     sampler = BatchSampler(train_tokens, cfg.data.seq_len, r.batch_size, r.seed)
     amp = autocast_dtype(cfg, ctx.device)
+    per_rank, micro = micro_rows(cfg, ctx)
+    val = {}
+    if pending is not None and not _agreed(ctx, metrics.has(step)):
+        # The run stopped between this checkpoint and its metrics line (in validation):
+        # finish that step's record now.
+        val = _finish_step(step, pending, model, arm, val_tokens, cfg, ctx, amp, metrics,
+                           trackers) or val
     flops_per_token = model_cost(arm.model, arm.arch, cfg.data.seq_len).train_flops_per_token
     # The pair's baseline (the preset's depth, this arm's vocabulary): the analytic ratio the
     # report sets beside the measured Free/baseline time ratio.
@@ -221,29 +273,32 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(ctx, step, r.steps, arm.name)
     rates, cpu_per_token, loads = [], [], []
-    val = {}
     while step < r.steps:
         t0, c0 = time.perf_counter(), time.process_time()
         lr = lr_at(step, cfg.optim, r.steps)
         for group in optim.param_groups:
             group["lr"] = lr
         batch = sampler.batch(step, ctx.rank, ctx.world).to(ctx.device)
-        micro = batch.chunk(r.grad_accum)
-        per_rank = len(batch)
-        totals: dict[str, float] = {}
-        for m, mb in enumerate(micro):
-            first_row = step * r.batch_size + ctx.rank * per_rank + m * len(micro[0])
+        totals: dict[str, torch.Tensor] = {}
+        for m in range(r.grad_accum):
+            mb = batch[m * micro:(m + 1) * micro]
+            first_row = step * r.batch_size + ctx.rank * per_rank + m * micro
             losses = forward_loss(model, arm, mb, cfg, f"train/{step}", first_row, amp)
             (losses["loss"] / r.grad_accum).backward()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / r.grad_accum
+            for k, v in losses.items():  # on the device: no sync per micro-batch
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / r.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        loss_global = float(all_reduce_mean(torch.tensor(totals["loss"]), ctx))
-        if not math.isfinite(loss_global) or not math.isfinite(float(grad_norm)):
+        # Every metric of the step in one all-reduce of a device tensor, read in one sync.
+        keys = list(totals)
+        means = all_reduce_mean(torch.stack([totals[k] for k in keys]), ctx)
+        *values, grad_norm = torch.cat([means, grad_norm.detach().float().reshape(1)]).tolist()
+        metrics_now = dict(zip(keys, values))
+        loss_global = metrics_now["loss"]
+        if not math.isfinite(loss_global) or not math.isfinite(grad_norm):
             raise TrainingError(
-                f"{arm.name}: non-finite loss ({loss_global}) or grad norm ({float(grad_norm)}) "
+                f"{arm.name}: non-finite loss ({loss_global}) or grad norm ({grad_norm}) "
                 f"at step {step}. Nothing was written for this step; checkpoints up to "
                 f"{ckpt.latest() or 'none'} are intact. Lower optim.lr or check the data.")
         optim.step()
@@ -259,25 +314,23 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         load = load_average()
         if load is not None:
             loads.append(load)
-        record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": rate,
+        record = {"step": step, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": rate,
                   "cpu_s_per_token": cpu, "load_avg": load,
                   "mfu": flops_per_token * rate / peak / ctx.world if peak else None,
                   "peak_memory_bytes": memory.peak(),
                   "train_flops_per_token": flops_per_token,
                   "flop_ratio_vs_baseline": flops_per_token / baseline_flops}
-        record.update({k: float(all_reduce_mean(torch.tensor(v), ctx)) for k, v in totals.items()})
+        record.update(metrics_now)
         if arm.arch == "free":
             record["kl_bits"] = nats_to_bits(record.pop("kl_nats"))
             record["kappa_bits"] = arm.kappa_bits
-        if step % r.eval_every == 0 or step == r.steps:
-            val = validate(model, arm, val_tokens, cfg, ctx, amp)
-            record.update(val)
-        metrics.write(record)
-        trackers.log(step, record)
-        progress(step, record)
         if step % r.checkpoint_every == 0 or step == r.steps:
-            ckpt.save(step, model, optim)
-            trackers.flush()  # a resume restarts here: every step up to it is on disk
+            # Before validation: a validation that fails (out of memory, a killed job)
+            # resumes from here, and the step's record travels with the checkpoint.
+            ckpt.save(step, model, optim, record=record)
+        val = _finish_step(step, record, model, arm, val_tokens, cfg, ctx, amp, metrics,
+                           trackers) or val
+        progress(step, record)
         if stop_after is not None and step >= stop_after:
             break
     progress(None, None)
@@ -290,6 +343,32 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
                      memory.peak(), time.perf_counter() - t_start, model,
                      cpu_s_per_token=float(np.median(cpu_steady)) if cpu_steady else None,
                      load_avg=float(np.mean(loads)) if loads else None)
+
+
+def _finish_step(step: int, record: dict, model, arm: Arm, val_tokens: np.ndarray,
+                 cfg: PairConfig, ctx: DistContext, amp, metrics: "MetricsLog",
+                 trackers: TrackerSet) -> dict:
+    """Validate when due, then write the step's metrics line; returns the validation's."""
+    val = {}
+    if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
+        val = validate(model, arm, val_tokens, cfg, ctx, amp)
+        record.update(val)
+    metrics.write(record)
+    trackers.log(step, record)
+    if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
+        trackers.flush()  # a resume restarts here: every step up to it is on disk
+    return val
+
+
+def _agreed(ctx: DistContext, value: bool) -> bool:
+    """Rank 0's value on every rank (only rank 0 reads metrics.jsonl)."""
+    if not ctx.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=ctx.host_group)
+    return bool(box[0])
 
 
 def _open_trackers(arm: Arm, cfg: PairConfig, arm_dir: Path, ctx: DistContext,

@@ -62,13 +62,16 @@ def usable_memory(device_memory: int, device_type: str = "cuda") -> int:
     """What tensors may use: CUDA keeps ~1 GiB for its context and the allocator leaves
     slack (fragmentation), reserved here as 10 % of the device."""
     if device_type == "cuda":
-        return int(device_memory * 0.9 - GiB)
+        return max(0, int(device_memory * 0.9 - GiB))
     return int(device_memory * 0.9)
 
 
-def _block_act(cfg: ModelConfig) -> int:
+def _block_act(cfg: ModelConfig, a: int = 4, r: int | None = None) -> int:
+    """Bytes a block saves per token: its input and residual sum at `r` bytes (the
+    residual stream's dtype), everything else at `a`."""
     D, Dkv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
-    return 9 * D + 3 * Dkv + 4 * F
+    r = a if r is None else r
+    return 2 * D * r + (7 * D + 3 * Dkv + 4 * F) * a
 
 
 def _block_params(cfg: ModelConfig) -> int:
@@ -81,14 +84,17 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
                device_type: str = "cpu") -> dict:
     """Predicted peak bytes per rank of one training step of one arm, by component."""
     from ftbench.model.binary_mapper import MapperTiles
+    from ftbench.model.linear_cross_entropy import chunk_tokens
 
     cost = model_cost(cfg, arch, seq_len)
     P = cost.params_total
     D, V, L, H = cfg.d_model, cfg.vocab_size, cfg.n_layers, cfg.latent_bits
     N = micro_batch * seq_len
-    a = 2 if bf16 else 4  # bytes of a saved activation
-    free = arch == "free"
     sharded = world > 1
+    mixed = bf16 and sharded  # FSDP2's MixedPrecisionPolicy: bf16 weights, bf16 stream
+    a = 2 if bf16 else 4  # bytes of a saved activation
+    r = 2 if mixed else 4  # the residual stream's: fp32 under plain autocast
+    free = arch == "free"
 
     params = 4 * P / world
     grads = 4 * P / world
@@ -97,20 +103,25 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     if sharded:
         root = cost.params_embedding + D
         post = cost.params_post_sampler + (cost.params_encoder - _block_params(cfg) if free else 0)
-        gathered = 4 * (root + post + 2 * _block_params(cfg))
+        gathered = (2 if mixed else 4) * (root + post + 2 * _block_params(cfg))
+    # Plain autocast (bf16 on one device) keeps a bf16 copy of every matmul weight.
     autocast_copies = 2 * (P - cost.params_embedding - cost.params_post_sampler
-                           + V * D) if bf16 else 0.0
+                           + V * D) if bf16 and not mixed else 0.0
 
-    block = _block_act(cfg) * N * a
+    block = _block_act(cfg, a, r) * N
     if checkpointing:
-        blocks_saved = (L + (1 if free else 0)) * D * N * a
+        blocks_saved = (L + (1 if free else 0)) * D * N * r
         recompute = block
     else:
         blocks_saved = (L + (1 if free else 0)) * block
         recompute = 0.0
     free_extra = (cfg.d_model * 7 + H) * N * a if free else 0.0  # encoder q-norm, injection, readout
     head_grad = 4 * V * D
-    head_transient = 12 * V * N  # fp32 log-softmax output + two (N, V) gradients
+    # The fused head + cross-entropy (ftbench.model.linear_cross_entropy): one chunk's
+    # logits, their fp32 copy, the log-sum-exp's temporary and the low-precision gradient,
+    # the fp32 weight-gradient accumulator and the gradient for the hidden states.
+    c = min(N, chunk_tokens(V))
+    head_transient = (12 if bf16 else 8) * c * V + 4 * V * D + a * N * D
     head_phase = blocks_saved + free_extra + head_transient + head_grad
     recompute_phase = blocks_saved + free_extra + recompute + 2 * D * N * a + head_grad
 
@@ -118,15 +129,15 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     mapper_phase = 0.0
     if free:
         t = MapperTiles.for_device_type(device_type)
-        c = min(t.tokens, N)
+        ct = min(t.tokens, N)
         H_lo = H // 2
         n_lo, n_hi = 2**H_lo, 2 ** (H - H_lo)
         hi_per_tile = max(1, min(n_hi, t.codes // n_lo))
-        scratch = 4 * c * (hi_per_tile * n_lo + n_hi * (1 + H_lo) + n_lo)
-        if bf16:  # the GEMM's bf16 copy of W_post, made once per backward
+        scratch = 4 * ct * (hi_per_tile * n_lo + n_hi * (1 + H_lo) + n_lo)
+        if bf16 and not mixed:  # the GEMM's bf16 copy of W_post, made once per backward
             scratch += 2 * cost.params_post_sampler
         half = L // 2
-        acts_lower = (half + 1) * (D if checkpointing else _block_act(cfg)) * N * a
+        acts_lower = (half + 1) * (D * r if checkpointing else _block_act(cfg, a, r)) * N
         grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
         mapper_phase = acts_lower + free_extra + grads_upper + 4 * cost.params_post_sampler \
             + scratch
@@ -138,6 +149,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     return {
         "arch": arch, "params": P, "world_size": world, "micro_batch": micro_batch,
         "seq_len": seq_len, "checkpointing": checkpointing, "bf16": bf16,
+        "mixed_precision_policy": mixed,
         "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
                   "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
                   "activations": blocks_saved + free_extra + recompute,
@@ -222,6 +234,9 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
                 est["fits"] = est["peak_bytes"] <= usable
                 est["gpus_needed"] = gpus_needed(arm.model, arm.arch, T, usable,
                                                  checkpointing=ckpt, bf16=bf16)
+                est["one_sequence_bytes"] = arm_memory(
+                    arm.model, arm.arch, seq_len=T, micro_batch=1, world=world_size,
+                    checkpointing=ckpt, bf16=bf16, device_type=device_type)["peak_bytes"]
             row[key] = est
         out["arms"][arm.name] = row
     return out
@@ -268,4 +283,78 @@ def format_memory_plan(d: dict) -> list[str]:
                 lines.append(f"  {'':16s} {'':8s} {fit}{hint}; largest micro-batch "
                              f"{e['max_micro_batch']} sequences; 1 sequence per device needs "
                              f"{need if need else 'more than 4096'} device(s)")
+    return lines
+
+
+class MemoryPlanError(ValueError):
+    """A run whose planned peak exceeds the device's memory."""
+
+
+def run_fits(plan: dict) -> dict:
+    """The run's own setting (checkpointing or not) per arm: {arm: estimate}, for the arms
+    that do not fit (empty: all fit, or no device memory given)."""
+    key = "checkpointing" if plan["run_checkpointing"] else "no_checkpointing"
+    return {name: row[key] for name, row in plan["arms"].items()
+            if row[key].get("fits") is False}
+
+
+def device_memory_of(device) -> int | None:
+    """A GPU's memory in bytes; None for a CPU (its RAM is shared with everything else)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def check_fits(cfg: PairConfig, world_size: int, device_memory: int | str | None, device,
+               vocab_size: int | None = None) -> dict | None:
+    """Hold every arm's planned peak against the device's memory (`device_memory`, else a
+    GPU's own); MemoryPlanError, naming what does not fit and a setting that would, if
+    any arm does not. None when there is nothing to check against (CPU, no memory given)."""
+    import torch
+
+    device = torch.device(device)
+    if device_memory is None:
+        device_memory = device_memory_of(device)
+        if device_memory is None:
+            return None
+    plan = memory_plan(cfg, world_size, device_memory, device_type=device.type,
+                       vocab_size=vocab_size)
+    bad = run_fits(plan)
+    if bad:
+        raise MemoryPlanError("\n".join(refusal_lines(plan, bad, cfg)))
+    return plan
+
+
+def refusal_lines(plan: dict, bad: dict, cfg: PairConfig) -> list[str]:
+    """What does not fit, its largest components, and what would fit instead."""
+    per_rank = cfg.run.batch_size // plan["world_size"]
+    lines = [f"the run does not fit: {_fmt(plan['usable_memory'])} usable of "
+             f"{_fmt(plan['device_memory'])} per device, {plan['world_size']} rank(s), "
+             f"micro-batch {plan['micro_batch']} x {plan['seq_len']} tokens "
+             f"(run.batch_size {cfg.run.batch_size} / {plan['world_size']} rank(s) / "
+             f"run.grad_accum {cfg.run.grad_accum}); nothing was written"]
+    for name, e in bad.items():
+        parts = sorted(((v, k) for k, v in e["bytes"].items() if v), reverse=True)
+        lines.append(f"  {name}: plans {_fmt(e['peak_bytes'])} at its {e['peak_phase']} phase; "
+                     + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for v, k in parts[:4]))
+    worst = min(bad.values(), key=lambda e: e["max_micro_batch"])
+    fit = worst["max_micro_batch"]
+    if fit:
+        accum = next(k for k in range(1, per_rank + 1) if per_rank % k == 0 and per_rank // k <= fit)
+        lines.append(f"fix: --set run.grad_accum={accum} (micro-batch {per_rank // accum} "
+                     f"sequences; the largest that fits is {fit}); same global batch, same run")
+    else:
+        need = worst.get("gpus_needed")
+        lines.append(f"no micro-batch fits: one sequence per device needs "
+                     f"{_fmt(worst['one_sequence_bytes'])} usable"
+                     + (f"; shard over {need} devices" if need and need > plan["world_size"]
+                        else "") + " or use a device with more memory")
+    if not cfg.run.activation_checkpointing:
+        with_ckpt = [row["checkpointing"] for row in plan["arms"].values()]
+        if all(e["fits"] for e in with_ckpt):
+            lines.append("or: --set run.activation_checkpointing=true (every arm then fits "
+                         "at this micro-batch)")
     return lines

@@ -18,7 +18,7 @@ from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
 from ftbench.training.checkpoint import CheckpointError
-from ftbench.training.distributed import DistContext, barrier, init_distributed
+from ftbench.training.distributed import DistContext, init_distributed, wait_for_main
 from ftbench.training.export import CONFIG, save_pretrained
 from ftbench.training.loop import train_arm
 from ftbench.training.trackers import require_trackers
@@ -33,9 +33,11 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
     def h(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run = dataclasses.asdict(cfg.run)
+    # grad_accum splits the same global batch (Z is drawn per global row), so a run may
+    # resume on other hardware with another split.
     for free_to_change in ("checkpoint_every", "eval_every", "val_batches", "out_dir",
                            "compile", "activation_checkpointing", "matched_control",
-                           "trackers"):
+                           "trackers", "grad_accum", "timeout_minutes"):
         run.pop(free_to_change)
     return {"arm": arm.name, "model": h(dataclasses.asdict(arm.model)), "kappa_bits": arm.kappa_bits,
             "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key}
@@ -82,6 +84,17 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
     return out
 
 
+def _known_vocab(cfg: PairConfig) -> int:
+    """The vocabulary the arms will have: the prepared tokenizer's, else the one asked for."""
+    from ftbench.data.pipeline import prepared_index
+
+    index = prepared_index(cfg)
+    if index:
+        return index["vocab_size"]
+    return cfg.data.tokenizer.vocab_size if cfg.data.tokenizer.kind == "bpe" else \
+        cfg.model.vocab_size
+
+
 def recorded_config(cfg: PairConfig, vocab_size: int) -> PairConfig:
     """The config as trained: model.vocab_size is the tokenizer's, not the preset's.
 
@@ -124,16 +137,22 @@ def _remove_if_empty(created: list[Path]) -> None:
 
 
 def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
-               ctx: DistContext | None = None) -> dict:
+               ctx: DistContext | None = None, device_memory: int | str | None = None) -> dict:
     """Train every arm not yet exported; return a summary per arm.
 
-    A run that fails leaves no empty models/<run>/ behind (only folders this call created
-    and that stayed empty are removed).
+    Before any work, every arm's memory plan is held against the device's memory
+    (`device_memory`, else a GPU's own; CPU runs without it are not checked): an arm that
+    would not fit stops the run with MemoryPlanError. A run that fails leaves no empty
+    models/<run>/ behind (only folders this call created and that stayed empty are
+    removed).
     """
-    ctx = ctx or init_distributed()
+    from ftbench.training.memory_plan import check_fits
+
+    ctx = ctx or init_distributed(cfg.run.timeout_minutes)
     root = run_dir(cfg)
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
+    check_fits(cfg, ctx.world, device_memory, ctx.device, _known_vocab(cfg))
     resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
     require_trackers(cfg.run.trackers)  # a missing dashboard package, before hours of data prep
     created = _new_dirs(root) if ctx.is_main else []
@@ -149,7 +168,7 @@ def _train_pair(cfg: PairConfig, root: Path, planned: int, log: Callable[[str], 
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
         data = prepare_for_run(cfg, log=log)
-    barrier(ctx)
+    wait_for_main(ctx)  # building shards can take hours: not under the device timeout
     if not ctx.is_main:  # the build is complete now; every rank memory-maps the same files
         data = open_prepared(data_directory(cfg.data, cfg.run.seed, planned, root / "data"))
     check_repetition(cfg, data.meta["train"]["tokens"])
@@ -190,7 +209,7 @@ def _train_pair(cfg: PairConfig, root: Path, planned: int, log: Callable[[str], 
                 "pair_config": dataclasses.asdict(recorded)})
             log(f"{arm.name}: exported to {arm_dir} "
                 f"({', '.join(f'{k} {v:.4f}' for k, v in result.final_val.items())})")
-        barrier(ctx)
+        wait_for_main(ctx)  # writing and hashing the weights (32 GB at 8B) on rank 0
         summary[arm.name] = info
         del result
     return summary

@@ -4,6 +4,7 @@ that name a missing variable, and the launch line each builds (FTBENCH_DRY_RUN=1
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -86,3 +87,61 @@ def test_bad_node_rank_and_config_are_explained():
     assert out.returncode == 2 and "0..1" in out.stderr
     out = _run(SBATCH, {**SLURM_ENV, "FTBENCH_CONFIG": "/nope.yaml", "FTBENCH_DRY_RUN": "1"})
     assert out.returncode == 2 and "not a file" in out.stderr
+
+
+def _cluster(tmp_path, ftbench_exit=0, nvidia_smi=True):
+    """A PATH holding stand-ins for the cluster's tools (each appends its argv to one log,
+    so the order of the calls shows too) and the few real tools the script needs, and
+    nothing else: no real srun or nvidia-smi is ever reached."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name in ("bash", "sed", "sort", "head"):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    fakes = {"ftbench": f"echo 'memory plan: every arm fits'\nexit {ftbench_exit}",
+             "srun": "exit 0"}
+    if nvidia_smi:  # two GPUs of the node, as nvidia-smi prints them: MiB, no unit
+        fakes["nvidia-smi"] = "printf '81559\\n81559\\n'"
+    for name, body in fakes.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/bash\nprintf '%q ' {name} \"$@\" >> {log}\necho >> {log}\n"
+                        f"{body}\n")
+        path.chmod(0o755)
+    return {**SLURM_ENV, "PATH": str(bin_dir), "FTBENCH": "ftbench"}, log
+
+
+def _calls(log):
+    return [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_sbatch_precheck_gets_the_allocation_world_size_and_gpu_memory(tmp_path):
+    env, log = _cluster(tmp_path)
+    out = _run(SBATCH, env, "--set", "run.name=big")
+    assert out.returncode == 0, out.stderr
+    calls = _calls(log)
+    # 4 nodes x 8 GPUs = 32 ranks; 81559 MiB per GPU as nvidia-smi printed it.
+    assert calls[0] == ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    assert calls[1] == ["ftbench", "train-pair", "--config", CONFIG, "--dry-run",
+                        "--world-size", "32", "--device-memory", "81559MiB",
+                        "--set", "run.name=big"]
+    assert calls[2][:2] == ["srun", "--kill-on-bad-exit=1"] and len(calls) == 3
+    assert "memory plan: every arm fits" in out.stdout  # the plan lands in the job log
+
+
+def test_sbatch_stops_before_srun_when_an_arm_does_not_fit(tmp_path):
+    env, log = _cluster(tmp_path, ftbench_exit=2)
+    out = _run(SBATCH, env)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert [c[0] for c in _calls(log)] == ["nvidia-smi", "ftbench"]  # srun never ran
+    error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "run.grad_accum" in error[0] and "plan" in error[0], out.stderr
+
+
+def test_sbatch_precheck_without_nvidia_smi_still_gets_the_world_size(tmp_path):
+    env, log = _cluster(tmp_path, nvidia_smi=False)
+    out = _run(SBATCH, env)
+    assert out.returncode == 0, out.stderr
+    assert "nvidia-smi not found" in out.stderr
+    calls = _calls(log)
+    assert calls[0] == ["ftbench", "train-pair", "--config", CONFIG, "--dry-run",
+                        "--world-size", "32"]
+    assert calls[1][0] == "srun"

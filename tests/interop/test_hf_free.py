@@ -179,3 +179,17 @@ def test_force_replaces_an_earlier_free_export_whole(exported, tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == first
     assert "modeling_free_transformer.py" in first and "README.md" in first
+
+
+def test_card_counts_training_tokens_from_the_global_batch():
+    # run.batch_size is the global batch, already summed over the 8 ranks and the 4
+    # accumulation steps: 1000 steps x 64 sequences x 2048 tokens = 131,072,000.
+    from ftbench.interop.hf_free import model_card, training_tokens
+
+    meta = {"arm": ARM, "steps": 1000, "seed": 0,
+            "model": {"latent_bits": 4, "kv_injection": "kv"},
+            "summary": {"world_size": 8},
+            "pair_config": {"run": {"batch_size": 64, "grad_accum": 4},
+                            "data": {"seq_len": 2048}}}
+    assert training_tokens(meta) == 131_072_000
+    assert "- training tokens: 131072000 (1000 steps, seed 0)" in model_card(meta, [])

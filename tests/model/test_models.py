@@ -3,7 +3,7 @@ import torch
 
 from ftbench.model import ConfigError, build_model, get_preset
 from ftbench.model.factory import shared_parameter_names
-from ftbench.objective import bits_to_nats, free_transformer_loss, lm_loss
+from ftbench.objective import bits_to_nats, free_transformer_loss, lm_loss, mean_cross_entropy
 from tests.conftest import z_gen
 
 
@@ -114,13 +114,14 @@ def test_hinge_is_per_token():
     targets = torch.zeros(1, 4, dtype=torch.long)
     kl = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     kappa = 1.0
-    out = free_transformer_loss(logits, targets, kl, kappa)
+    ce = mean_cross_entropy(logits, targets)
+    out = free_transformer_loss(ce, kl, kappa)
     # Token-wise: mean(max(0, KL_t - kappa)) = 0.5. A hinge on the mean KL would give 0.
     assert abs(float(out["hinge"]) - 0.5) < 1e-7
     assert abs(float(out["loss"] - out["ce"]) - 0.5) < 1e-7
     assert abs(float(out["frac_above_kappa"]) - 0.5) < 1e-7
     mask = torch.tensor([[True, True, True, False]])
-    assert abs(float(free_transformer_loss(logits, targets, kl, kappa, mask)["hinge"]) - 1 / 3) < 1e-7
+    assert abs(float(free_transformer_loss(ce, kl, kappa, mask)["hinge"]) - 1 / 3) < 1e-7
     assert abs(bits_to_nats(0.5) - 0.34657359) < 1e-7
 
 
@@ -184,9 +185,9 @@ def test_training_drives_loss_down(toy_cfg, arch):
     history = []
     for _ in range(300):
         x, y = _pattern_batch(g)
-        out = model(x, z_generator=zg) if arch == "free" else model(x)
-        losses = (free_transformer_loss(out.logits_BTV, y, out.kl_BT, kappa) if arch == "free"
-                  else lm_loss(out.logits_BTV, y))
+        out = model(x, z_generator=zg, targets_BT=y) if arch == "free" else model(x, targets_BT=y)
+        losses = (free_transformer_loss(out.ce, out.kl_BT, kappa) if arch == "free"
+                  else lm_loss(out.ce))
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
