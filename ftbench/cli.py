@@ -160,10 +160,10 @@ def train_pair(
                                       "CPU runs are not checked without it). Training stops "
                                       "with exit 2 before any work when an arm's planned peak "
                                       "exceeds it, naming a run.grad_accum that fits. With "
-                                      "--dry-run: the plan says whether each arm fits, the "
-                                      "largest micro-batch that does and how many GPUs a "
-                                      "1-sequence micro-batch needs, and exits 2 if one does "
-                                      "not fit."),
+                                      "--dry-run (which plans for a GPU): whether each arm "
+                                      "fits, the largest micro-batch that does and how many "
+                                      "GPUs a 1-sequence micro-batch needs; exit 2 if one "
+                                      "does not fit."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 

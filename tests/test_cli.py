@@ -295,3 +295,36 @@ def test_latent_info_and_doctor_are_commands_with_clear_errors(tmp_path):
     assert result.exit_code == 2 and "is not an exported ftbench model" in result.output
     result = runner.invoke(app, ["doctor", "--size", "huge"])
     assert result.exit_code == 2 and "huge" in result.output
+
+
+@pytest.mark.parametrize("config,world", [("configs/1.5b.yaml", 8), ("configs/8b.yaml", 64),
+                                          ("configs/8b-1t.yaml", 64)])
+def test_the_papers_configs_fit_as_shipped(config, world):
+    result = runner.invoke(app, ["train-pair", "--config", config, "--dry-run", "--json",
+                                 "--world-size", str(world), "--device-memory", "80GB"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["memory_plan"]
+    setting = "checkpointing" if plan["run_checkpointing"] else "no_checkpointing"
+    assert plan["dtype"] == "bfloat16" and plan["world_size"] == world
+    for arm, row in plan["arms"].items():
+        assert row[setting]["fits"], (arm, row[setting]["peak_bytes"], plan["usable_memory"])
+
+
+def test_train_pair_refuses_what_does_not_fit_before_writing_anything(tmp_path, data_dir):
+    """toy (16 x 128 tokens per step) planned at about 125 MiB: 64MB leaves room for a
+    micro-batch of 4, 8MB for none."""
+    common = ["train-pair", "--size", "toy", "--data-dir", str(data_dir),
+              "--set", f"run.out_dir={tmp_path}"]
+    result = runner.invoke(app, [*common, "--device-memory", "64MB"])
+    assert result.exit_code == 2, result.output
+    assert "the run does not fit" in result.output and "nothing was written" in result.output
+    assert "loss transient" in result.output and "activations" in result.output
+    assert "fix: --set run.grad_accum=4 (micro-batch 4 sequences" in result.output
+    result = runner.invoke(app, [*common, "--device-memory", "8MB"])
+    assert result.exit_code == 2, result.output
+    assert "no micro-batch fits: one sequence per device needs" in result.output
+    assert not any(tmp_path.iterdir())
+    # --dry-run plans for a GPU, whose context and allocator take 1 GiB + 10 % first.
+    dry = runner.invoke(app, [*common, "--dry-run", "--device-memory", "64MB"])
+    assert dry.exit_code == 2 and "0 B usable of 61.04 MiB" in dry.output, dry.output
+    assert "no micro-batch fits" in dry.output

@@ -45,7 +45,7 @@ def _trim() -> None:
 
 
 def step_config(size: str, batch: int, seq: int, ckpt: bool, layers: int | None = None,
-                overrides: dict | None = None):
+                overrides: dict | None = None, dtype: str = "auto"):
     from ftbench.config import pair_config_from_dict
 
     model = {"max_seq_len": max(seq, 64), **(overrides or {})}
@@ -53,11 +53,11 @@ def step_config(size: str, batch: int, seq: int, ckpt: bool, layers: int | None 
         model["n_layers"] = layers
     return pair_config_from_dict({"size": size, "model": model, "data": {"seq_len": seq},
                                   "latent": {"kappas_bits": [0.5]},
-                                  "run": {"batch_size": batch, "steps": 10,
+                                  "run": {"batch_size": batch, "steps": 10, "dtype": dtype,
                                           "activation_checkpointing": ckpt}})
 
 
-def _train_steps(cfg, arch: str, steps: int, device):
+def _train_steps(cfg, arch: str, steps: int, device, ctx=None):
     import torch
 
     from ftbench.training.arms import pair_arms
@@ -66,7 +66,7 @@ def _train_steps(cfg, arch: str, steps: int, device):
                                        make_optimizer)
 
     arm = pair_arms(cfg, cfg.model.vocab_size)[0 if arch == "baseline" else 1]
-    ctx = DistContext(device=device)
+    ctx = ctx or DistContext(device=device)
     model = build_arm_model(arm, cfg, ctx)
     optim = make_optimizer(model, cfg)
     amp = autocast_dtype(cfg, device)
@@ -86,34 +86,54 @@ def _train_steps(cfg, arch: str, steps: int, device):
 
 
 def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
-                 layers: int | None = None, overrides: dict | None = None) -> dict:
+                 layers: int | None = None, overrides: dict | None = None,
+                 dtype: str = "auto", fsdp: bool = False) -> dict:
     """Peak bytes of two training steps (the second, at the full batch, has the optimiser
-    state), this process."""
+    state), this process. `fsdp`: under FSDP2 on a one-rank group (bf16: with its
+    MixedPrecisionPolicy), as each rank of a sharded run holds its units."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(1)
-    warm = step_config("toy", 2, 16, ckpt, layers=2,
+    ctx = _one_rank_fsdp(device) if fsdp else None
+    warm = step_config("toy", 2, 16, ckpt, layers=2, dtype=dtype,
                        overrides={"vocab_size": 64, "d_model": 32, "latent_bits": 4})
-    _train_steps(warm, arch, 2, device)
+    _train_steps(warm, arch, 2, device, ctx)
     _trim()
-    cfg = step_config(size, batch, seq, ckpt, layers, overrides)
+    cfg = step_config(size, batch, seq, ckpt, layers, overrides, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        model, optim = _train_steps(cfg, arch, 2, device)
+        model, optim = _train_steps(cfg, arch, 2, device, ctx)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _status("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
-        model, optim = _train_steps(cfg, arch, 2, device)
+        model, optim = _train_steps(cfg, arch, 2, device, ctx)
         peak = _status("VmHWM") - base
     return {"size": size, "arch": arch, "batch": batch, "seq": seq, "ckpt": ckpt,
-            "layers": cfg.model.n_layers, "device": device.type, "peak_bytes": int(peak)}
+            "layers": cfg.model.n_layers, "device": device.type, "dtype": cfg.run.dtype,
+            "fsdp": fsdp, "peak_bytes": int(peak)}
+
+
+def _one_rank_fsdp(device):
+    """A one-rank process group (NCCL on a GPU, gloo on CPU) and a context that shards."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    from ftbench.training.distributed import DistContext
+
+    if not dist.is_initialized():
+        store = os.path.join(tempfile.mkdtemp(prefix="ftbench-mem-"), "rendezvous")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method=f"file://{store}", rank=0, world_size=1,
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return DistContext(device=device, one_rank_fsdp=True)
 
 
 def measure(size: str, arch: str, batch: int, seq: int, ckpt: bool = False,
@@ -125,7 +145,8 @@ def measure(size: str, arch: str, batch: int, seq: int, ckpt: bool = False,
 
 
 def measure_many(specs: list[dict], timeout: float = 600) -> list[dict]:
-    """`measure_here` for each spec (keys size, arch, batch, seq, ckpt, layers), one after
+    """`measure_here` for each spec (keys size, arch, batch, seq, ckpt, layers; optional
+    dtype, fsdp), one after
     another in one fresh subprocess: the high-water mark is reset and the resident baseline
     read again before each, and with MALLOC_MMAP_THRESHOLD_ every large tensor of the
     previous measurement has gone back to the system. One process instead of one per spec
@@ -156,7 +177,9 @@ def main() -> None:
          "layers": a.layers}]
     for spec in specs:
         print(json.dumps(measure_here(spec["size"], spec["arch"], spec["batch"], spec["seq"],
-                                      spec.get("ckpt", False), spec.get("layers"))), flush=True)
+                                      spec.get("ckpt", False), spec.get("layers"),
+                                      dtype=spec.get("dtype", "auto"),
+                                      fsdp=spec.get("fsdp", False))), flush=True)
         _trim()
 
 

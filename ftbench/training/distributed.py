@@ -24,6 +24,10 @@ class DistContext:
     host_group: object = None
     """A gloo group for waiting on rank 0's host work: its barrier has its own long
     timeout, so the device group's (minutes) can stay short enough to catch a hang."""
+    one_rank_fsdp: bool = False
+    """A process group of one rank run as if sharded: FSDP2 units (and in bf16 their
+    MixedPrecisionPolicy) and every collective, as on many ranks. For checks on one
+    device of what a multi-GPU run does; needs an initialised process group."""
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +35,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.one_rank_fsdp
 
 
 def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistContext:

@@ -81,8 +81,9 @@ def _block_params(cfg: ModelConfig) -> int:
 
 def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, world: int = 1,
                checkpointing: bool = False, bf16: bool = False,
-               device_type: str = "cpu") -> dict:
-    """Predicted peak bytes per rank of one training step of one arm, by component."""
+               device_type: str = "cpu", fsdp: bool | None = None) -> dict:
+    """Predicted peak bytes per rank of one training step of one arm, by component.
+    `fsdp`: whether FSDP2 wraps the model (default: on more than one rank)."""
     from ftbench.model.binary_mapper import MapperTiles
     from ftbench.model.linear_cross_entropy import chunk_tokens
 
@@ -90,7 +91,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     P = cost.params_total
     D, V, L, H = cfg.d_model, cfg.vocab_size, cfg.n_layers, cfg.latent_bits
     N = micro_batch * seq_len
-    sharded = world > 1
+    sharded = world > 1 if fsdp is None else fsdp
     mixed = bf16 and sharded  # FSDP2's MixedPrecisionPolicy: bf16 weights, bf16 stream
     a = 2 if bf16 else 4  # bytes of a saved activation
     r = 2 if mixed else 4  # the residual stream's: fp32 under plain autocast
@@ -117,11 +118,12 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         recompute = 0.0
     free_extra = (cfg.d_model * 7 + H) * N * a if free else 0.0  # encoder q-norm, injection, readout
     head_grad = 4 * V * D
-    # The fused head + cross-entropy (ftbench.model.linear_cross_entropy): one chunk's
-    # logits, their fp32 copy, the log-sum-exp's temporary and the low-precision gradient,
-    # the fp32 weight-gradient accumulator and the gradient for the hidden states.
+    # The fused head + cross-entropy (ftbench.model.linear_cross_entropy) holds one chunk
+    # at a time: its fp32 logits and the log-sum-exp's temporary (the low-precision logits
+    # and gradient never coexist with both), plus the fp32 weight-gradient accumulator and
+    # the gradient for the hidden states kept for the backward.
     c = min(N, chunk_tokens(V))
-    head_transient = (12 if bf16 else 8) * c * V + 4 * V * D + a * N * D
+    head_transient = 8 * c * V + 4 * V * D + a * N * D
     head_phase = blocks_saved + free_extra + head_transient + head_grad
     recompute_phase = blocks_saved + free_extra + recompute + 2 * D * N * a + head_grad
 

@@ -17,7 +17,8 @@ def test_two_ranks_score_like_one_process(tmp_path, data_dir):
     cfg = tiny_pair_config(tmp_path / "models", steps=4)
     train_pair(cfg, log=lambda m: None, ctx=DistContext())
     arms = [str(run_dir(cfg) / a) for a in ("baseline", "free-k0p5")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # FTBENCH_DEVICE_RULE: the ranks refuse host tensors in collectives, as NCCL does.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FTBENCH_DEVICE_RULE="nccl")
     # 5 items and batch size 2: the ranks get unequal shares (lm-eval pads the short one).
     # Two Z draws and two samples keep it cheap and still exercise the replica passes.
     common = ["eval", *arms, "--suite", "gsm8k,commonsense_qa,humanevalplus", "--limit", "5",

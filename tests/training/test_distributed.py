@@ -21,7 +21,8 @@ def _losses(path):
 def test_fsdp2_two_ranks_match_one_process(tmp_path):
     cfg_path = tmp_path / "pair.yaml"
     cfg_path.write_text(dump_pair_config(tiny_pair_config(tmp_path / "models")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # FTBENCH_DEVICE_RULE: the ranks refuse host tensors in collectives, as NCCL does.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FTBENCH_DEVICE_RULE="nccl")
     common = ["train-pair", "--config", str(cfg_path)]
     subprocess.run([sys.executable, "-m", "ftbench", *common, "--set", "run.name=single"],
                    check=True, env=env, capture_output=True, text=True, timeout=300)

@@ -192,3 +192,64 @@ def test_a_failed_run_leaves_no_empty_run_folder(tmp_path):
     with pytest.raises(DataError):
         train_pair(cfg, log=_quiet, ctx=CTX)
     assert (tmp_path / "models" / "tiny").is_dir()
+
+
+def test_validation_does_not_depend_on_the_micro_batch(tmp_path):
+    """Validation runs in the training's micro-batches with Z drawn per row: splitting the
+    same rows into more micro-batches gives the same figures (up to summation order)."""
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[1]
+    model = build_arm_model(arm, cfg, CTX)
+    whole = loop.validate(model, arm, data.val, cfg, CTX, None)
+    split = loop.validate(model, arm, data.val, tiny_pair_config(tmp_path, grad_accum=4),
+                          CTX, None)
+    assert whole.keys() == split.keys() and "val_ce_prior" in whole
+    for k in whole:
+        assert abs(whole[k] - split[k]) < 1e-5 * max(1.0, abs(whole[k])), (k, whole, split)
+
+
+def test_a_run_stopped_in_validation_finishes_that_step_when_resumed(tmp_path, monkeypatch):
+    """The checkpoint comes before validation: a validation that dies (out of memory, a
+    killed job) leaves that step's checkpoint, and the rerun validates and logs the step
+    from it instead of replaying it. Its line equals an uninterrupted run's."""
+    cfg = tiny_pair_config(tmp_path)  # checkpoints and validation at steps 3 and 6
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[1]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "straight", CTX, fp, log=_quiet)
+    real = loop.validate
+
+    def dies_at_step_3(model, *args):
+        raise RuntimeError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(loop, "validate", dies_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_arm(arm, cfg, data.train, data.val, tmp_path / "cut", CTX, fp, log=_quiet)
+    assert (tmp_path / "cut" / "checkpoints" / "step_00000003").is_dir()
+    monkeypatch.setattr(loop, "validate", real)
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "cut", CTX, fp, log=_quiet)
+
+    def lines(run):
+        return [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    straight, cut = lines("straight"), lines("cut")
+    assert [r["step"] for r in cut] == list(range(1, 7))
+    timing = {"tokens_per_s", "cpu_s_per_token", "load_avg", "mfu", "peak_memory_bytes"}
+    for a, b in zip(straight, cut):
+        assert {k: v for k, v in a.items() if k not in timing} == \
+            {k: v for k, v in b.items() if k not in timing}
+
+
+def test_grad_accum_may_change_when_a_run_resumes(tmp_path):
+    """Accumulation splits the same global batch: a run moved to hardware that needs
+    another split resumes instead of being refused."""
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet, stop_after=3)
+    other = tiny_pair_config(tmp_path, grad_accum=2)
+    assert arm_fingerprint(other, arm, data.meta["key"]) == fp
+    assert arm_fingerprint(tiny_pair_config(tmp_path, batch_size=8), arm,
+                           data.meta["key"]) != fp  # the global batch changes the run
+    done = train_arm(arm, other, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
+    assert done.steps == 6
