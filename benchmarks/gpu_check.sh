@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a machine with one or more CUDA devices (about 5 minutes
-# on one H100/H200): the GPU tests (training loop, validation, checkpoints and resume
-# under real NCCL with FSDP2 bf16; the fused loss at V = 2^17; the memory plan against
-# measured peaks at the 1.5B shape), the doctor at the 1.5B shape with 2 layers, the
-# fused-loss memory benchmark and the training throughput of both arms.
+# The GPU checks in one go, for a machine with one or more CUDA devices (about 6 minutes
+# on one H200): the GPU tests (training loop, validation, checkpoints and resume under
+# real NCCL with FSDP2 bf16; the fused loss at V = 2^17; the memory plan against measured
+# peaks at the 1.5B shape, 2 layers and all 28), the doctor at the 1.5B shape with 2
+# layers, the fused-loss memory benchmark and the training throughput of both arms at the
+# 1.5B shape (4 layers, then all 28).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (logs go to OUT_DIR, default gpu-check/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +29,5 @@ step gpu-tests $PY -m pytest -q -m gpu tests/gpu -s -p no:cacheprovider -o addop
 step loss-memory $PY benchmarks/bench_loss_memory.py --batch 16 --seq 4096 --repeats 1
 step doctor $PY -m ftbench doctor --size 1.5b --layers 2 --seq 4096 --batch 2
 step throughput $PY benchmarks/bench_training.py --sizes 1.5b --layers 4 --batch 4 --seq 4096
+step throughput-full $PY benchmarks/bench_training.py --sizes 1.5b --batch 4 --seq 4096 --steps 3 --no-memory
 exit $status

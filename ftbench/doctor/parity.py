@@ -124,7 +124,7 @@ def compare_states(a: dict, b: dict) -> float:
 # ---- process launch ------------------------------------------------------------------
 
 def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int,
-            device_rule: bool) -> None:
+            device_rule: bool, like_world: int) -> None:
     import torch.distributed as dist
 
     from ftbench.training.device_rule import install
@@ -132,7 +132,7 @@ def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int,
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    device, backend = _device_for(rank, world)
+    device, backend = _device_for(rank, like_world)
     if device_rule and device.type == "cpu":
         install()
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
@@ -140,7 +140,7 @@ def _worker(rank: int, world: int, init_file: str, jobs: list, threads: int,
                                                  if device.type == "cuda" else {}))
     try:
         ctx = DistContext(rank=rank, world=world, local_rank=rank, device=device,
-                          host_group=new_host_group())
+                          host_group=new_host_group(), one_rank_fsdp=world == 1)
         for fn, kwargs in jobs:
             fn(ctx, **kwargs)
     finally:
@@ -172,14 +172,16 @@ def run_local(jobs: list, like_world: int = 2) -> None:
         fn(ctx, **kwargs)
 
 
-def spawn(world: int, jobs: list, threads: int = 1, device_rule: bool = True) -> None:
+def spawn(world: int, jobs: list, threads: int = 1, device_rule: bool = True,
+          like_world: int | None = None) -> None:
     """Run `(fn, kwargs)` jobs on `world` ranks in fresh processes (fn(ctx, **kwargs)).
     On CPU ranks, `device_rule` makes collectives refuse host tensors as NCCL does
     (ftbench.training.device_rule), so a host tensor in a collective fails here as it
-    would on GPUs."""
+    would on GPUs. `world` 1: a one-rank group run as if sharded (FSDP2 units and their
+    mixed precision), on the device kind that `like_world` ranks get."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="ftbench-rdzv-") as d:
         init_file = os.path.join(d, "rendezvous")
-        mp.spawn(_worker, args=(world, init_file, jobs, threads, device_rule), nprocs=world,
-                 join=True)
+        mp.spawn(_worker, args=(world, init_file, jobs, threads, device_rule,
+                                like_world or world), nprocs=world, join=True)

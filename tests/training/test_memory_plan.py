@@ -107,3 +107,24 @@ def test_8b_does_not_fit_one_80gb_gpu():
     usable = int(80e9 * 0.9 - GiB)
     # 16 bytes per parameter alone is ~129 GB.
     assert gpus_needed(cfg.model, "free", 4096, usable, checkpointing=True) > 1
+
+
+# bf16 (slow on CPU: no fast bf16 matmul, so toy only): FSDP2's MixedPrecisionPolicy on a
+# one-rank group (bf16 gathered weights and residual stream over fp32 masters) and plain
+# autocast on one device (bf16 weight copies, fp32 residual stream).
+BF16_CASES = [("toy", arch, 8, 256, ckpt, fsdp) for arch in ARCHES for ckpt in (False, True)
+              for fsdp in (True, False) if fsdp or not ckpt]
+
+
+@pytest.mark.slow
+def test_prediction_holds_in_bf16_with_and_without_fsdp():
+    keys = ("size", "arch", "batch", "seq", "ckpt", "fsdp")
+    got = measure_many([dict(zip(keys, case), dtype="bfloat16") for case in BF16_CASES])
+    for case, measured in zip(BF16_CASES, got):
+        size, arch, batch, seq, ckpt, fsdp = case
+        cfg = step_config(size, batch, seq, ckpt)
+        want = arm_memory(cfg.model, arch, seq_len=seq, micro_batch=batch, checkpointing=ckpt,
+                          bf16=True, fsdp=fsdp)
+        assert want["mixed_precision_policy"] == fsdp
+        ratio = want["peak_bytes"] / measured["peak_bytes"]
+        assert abs(ratio - 1) <= TOL, (case, measured["peak_bytes"], want["peak_bytes"])
