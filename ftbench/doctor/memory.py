@@ -124,10 +124,13 @@ def _one_rank_fsdp(device):
     """A one-rank process group (NCCL on a GPU, gloo on CPU) and a context that shards."""
     import tempfile
 
+    import torch
     import torch.distributed as dist
 
     from ftbench.training.distributed import DistContext
 
+    if device.type == "cuda" and device.index is None:  # NCCL wants the device's index
+        device = torch.device("cuda", torch.cuda.current_device())
     if not dist.is_initialized():
         store = os.path.join(tempfile.mkdtemp(prefix="ftbench-mem-"), "rendezvous")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",

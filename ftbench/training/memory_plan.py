@@ -2,35 +2,42 @@
 
 The model counts what is alive at each phase of a step, in bytes, and takes the largest:
 
-- static, alive all step: fp32 parameters, the two AdamW moments (both sharded 1/W
-  under FSDP2), the units FSDP2 keeps gathered (the root: embeddings, final norm, head;
-  with W_post's unit through the backward, see distributed.parallelize; and two decoder
-  blocks, the one computing and the one prefetched), and under bf16 autocast the bf16
-  copies of every matmul weight, which autocast caches and autograd keeps for backward
-  (not sharded: plain autocast over fp32 FSDP parameters).
-- head phase (the start of the backward, the peak on every size measured): every
-  activation that autograd saved, plus the loss's transient: the log-softmax output it
-  saved and the two (tokens x V) fp32 gradients of the cross-entropy backward, plus the
-  head's weight gradient.
-- mapper phase (the Binary Mapper's backward, half-way): the first half's and the
-  encoder's activations, gradients so far, W_post's dense gradient and the mapper's
-  scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum; under
-  bf16 also a bf16 copy of W_post for the GEMM).
-- optimiser phase: all gradients plus the fused AdamW step (in place).
+- static, alive all step: fp32 parameters and the two AdamW moments (sharded 1/W under
+  FSDP2).
+- forward and backward, on top: the units FSDP2 holds gathered (the root: embeddings,
+  final norm, head; W_post's unit through the backward, see distributed.parallelize; two
+  decoder blocks, the one computing and the one prefetched), in bf16 under FSDP2's
+  MixedPrecisionPolicy, which bf16 runs on several ranks use; on one device, plain bf16
+  autocast instead keeps a bf16 copy of every matmul weight for the backward.
+  - head phase (the start of the backward): every activation that autograd saved, the
+    fused head + cross-entropy's transient (one chunk's fp32 logits and the log-sum-exp's
+    temporary, 8 x chunk x V bytes; the fp32 weight-gradient accumulator; the gradient for
+    the hidden states) and the head's weight gradient.
+  - recompute phase (checkpointing): the saved block inputs and one block rebuilt.
+  - mapper phase (the Binary Mapper's backward, half-way): the first half's and the
+    encoder's activations, gradients so far, W_post's dense gradient and the mapper's
+    scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum; under
+    plain bf16 autocast also a bf16 copy of W_post for the GEMM).
+- optimiser phase: all gradients; under FSDP2 AdamW runs its foreach path over DTensors,
+  whose square root of the second moment is a temporary the size of the parameters
+  (on one device it runs fused, in place).
 
 Saved activations per token and decoder block, in elements (read off what the ops save
 for backward, with SDPA's flash kernel): the block input and its norm (2D), q and k
 before and after RoPE (2D + 2Dkv), v (Dkv), the attention output and its contiguous
 copy for wo (2D), the residual sum and its norm (2D), and the SwiGLU's gate, up, SiLU
-and product (4F): 9D + 3Dkv + 4F. The encoder block saves about as much plus the norm
-of its queries (D); the injection block saves X + R and its norm (2D) beyond a block;
-the encoder readout, its norm and input (2D). With activation checkpointing a block
-keeps its input only (D), and one block's activations are rebuilt at a time.
+and product (4F): 9D + 3Dkv + 4F. bf16 runs save them in 2 bytes, except the residual
+stream (block input, residual sum), which stays fp32 under plain autocast and is bf16
+under the MixedPrecisionPolicy. The encoder block saves about as much plus the norm of
+its queries (D); the injection block saves X + R and its norm (2D) beyond a block; the
+encoder readout, its norm and input (2D). With activation checkpointing a block keeps
+its input only, and one block's activations are rebuilt at a time.
 
-Checked against measured peaks on CPU (fp32; tests/training/test_memory_plan.py): within
-a few percent at toy, tiny and small, both arms, with and without checkpointing. Figures
-for bf16 autocast on GPU use 2-byte activations and are not yet checked on a GPU; CUDA
-also needs its context and allocator slack, reserved as 1 GiB + 10 % of the device.
+Checked against measured peaks (tests/training/test_memory_plan.py; tests/gpu): on CPU
+within a few percent at toy, tiny and small, both arms, with and without checkpointing,
+in fp32 and in bf16 with and without FSDP2; on an H200 at the 1.5B shape (2 layers and
+all 28). CUDA also needs its context and allocator slack, reserved as 1 GiB + 10 % of the
+device.
 """
 
 from __future__ import annotations
@@ -143,11 +150,17 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
         mapper_phase = acts_lower + free_extra + grads_upper + 4 * cost.params_post_sampler \
             + scratch
-    optim_phase = grads
-    phases = {"head": head_phase, "recompute": recompute_phase, "mapper": mapper_phase,
-              "optimizer": optim_phase}
+    # Gathered units and autocast's copies live from the forward through the backward;
+    # by the optimiser step FSDP2 has resharded and autograd has let the copies go. AdamW
+    # over DTensors runs its foreach path, whose sqrt of the second moment is a temporary
+    # the size of the (sharded) parameters; on plain tensors it runs fused, in place.
+    compute = gathered + autocast_copies
+    foreach_temp = 4 * P / world if sharded else 0.0
+    phases = {"head": head_phase + compute, "recompute": recompute_phase + compute,
+              "mapper": mapper_phase + compute if free else 0.0,
+              "optimizer": grads + foreach_temp}
     peak_phase = max(phases, key=phases.get)
-    static = params + optimizer + gathered + autocast_copies
+    static = params + optimizer
     return {
         "arch": arch, "params": P, "world_size": world, "micro_batch": micro_batch,
         "seq_len": seq_len, "checkpointing": checkpointing, "bf16": bf16,
@@ -155,7 +168,8 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
                   "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
                   "activations": blocks_saved + free_extra + recompute,
-                  "loss_transient": head_transient, "mapper_scratch": scratch},
+                  "loss_transient": head_transient, "mapper_scratch": scratch,
+                  "adamw_temporary": foreach_temp},
         "phases": phases, "peak_phase": peak_phase,
         "peak_bytes": int(static + phases[peak_phase]),
     }

@@ -128,3 +128,15 @@ def test_prediction_holds_in_bf16_with_and_without_fsdp():
         assert want["mixed_precision_policy"] == fsdp
         ratio = want["peak_bytes"] / measured["peak_bytes"]
         assert abs(ratio - 1) <= TOL, (case, measured["peak_bytes"], want["peak_bytes"])
+
+
+@pytest.mark.slow
+def test_prediction_holds_for_adamw_under_fsdp():
+    """Two sequences of 64 at small under FSDP2 (one rank): the optimiser step is the peak,
+    with AdamW's foreach temporary over DTensor parameters (fused AdamW has none)."""
+    got = measure_many([{"size": "small", "arch": "free", "batch": 2, "seq": 64,
+                         "ckpt": False, "fsdp": True}])[0]
+    cfg = step_config("small", 2, 64, False)
+    want = arm_memory(cfg.model, "free", seq_len=64, micro_batch=2, fsdp=True)
+    assert want["peak_phase"] == "optimizer" and want["bytes"]["adamw_temporary"] > 0
+    assert abs(want["peak_bytes"] / got["peak_bytes"] - 1) <= TOL, (got, want["peak_bytes"])
