@@ -44,6 +44,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_training.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_loss_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
