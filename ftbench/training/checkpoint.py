@@ -33,6 +33,22 @@ class CheckpointError(RuntimeError):
     pass
 
 
+ACCEPTED_RUN = "run_also_accepted"
+"""Fingerprint key: earlier hashes of the same run settings, accepted in place of "run"."""
+
+
+def fingerprint_differs(recorded: dict, fingerprint: dict) -> list[str]:
+    """The keys in which a recorded fingerprint differs from this run's."""
+    differ = []
+    for k, v in fingerprint.items():
+        if k == ACCEPTED_RUN:
+            continue
+        got = recorded.get(k)
+        if got != v and not (k == "run" and got in fingerprint.get(ACCEPTED_RUN, ())):
+            differ.append(k)
+    return sorted(differ)
+
+
 class Checkpointer:
     def __init__(self, root: Path, ctx: DistContext, fingerprint: dict):
         self.root, self.ctx, self.fingerprint = root, ctx, fingerprint
@@ -79,7 +95,7 @@ class Checkpointer:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint {path} has an unreadable meta.json ({e}); "
                                   "delete that folder to resume from the one before") from None
-        differ = sorted(k for k in self.fingerprint if meta.get(k) != self.fingerprint[k])
+        differ = fingerprint_differs(meta, self.fingerprint)
         if differ:
             raise CheckpointError(
                 f"checkpoint {path} was written by another config (differs in: "

@@ -18,7 +18,7 @@ Every tensor collective then refuses a host tensor with NCCL's own message. Obje
 collectives (`broadcast_object_list`, `gather_object`, ...) are exempt: torch moves their
 byte tensors to the device itself when the backend is NCCL.
 
-What it cannot see: a tensor made with an explicit `device="cpu"` counts as placed (on CPU
+What it cannot see: an explicit `device="cpu"` or `.to("cpu")` counts as placed (on CPU
 the run's device is "cpu"), and CUDA's own same-device checks between tensors of one op.
 """
 
@@ -74,8 +74,15 @@ class HostTensors(TorchFunctionMode):
         elif func is torch.Tensor.cpu:
             self._set(out, True)
         elif func is torch.Tensor.to or func is torch.Tensor.cuda:
-            device = _to_device(args, kwargs) if func is torch.Tensor.to else "cuda"
-            self._set(out, args[0] in self.host if device is None else False)
+            target = _to_target(args, kwargs) if func is torch.Tensor.to else "cuda"
+            if isinstance(target, torch.Tensor):  # .to(other): where other is
+                self._set(out, target in self.host)
+            else:
+                self._set(out, args[0] in self.host if target is None else False)
+        elif kwargs.get("device") is not None:  # zeros_like(x, device=...), x.new_zeros(...)
+            self._set(out, False)
+        elif args and out is args[0]:
+            pass  # in place (copy_, add_, ...): the destination stays where it is
         else:
             self._set(out, self._inputs_on_host(args, kwargs))
         return out
@@ -96,15 +103,13 @@ class HostTensors(TorchFunctionMode):
             self.host.pop(t, None)
 
 
-def _to_device(args, kwargs):
-    """The device a `Tensor.to(...)` call names, or None."""
-    if "device" in kwargs:
+def _to_target(args, kwargs):
+    """What a `Tensor.to(...)` call moves to: a device, another tensor, or None."""
+    if kwargs.get("device") is not None:
         return kwargs["device"]
     for a in args[1:]:
-        if isinstance(a, (str, torch.device)):
+        if isinstance(a, (str, torch.device, torch.Tensor)):
             return a
-        if isinstance(a, torch.Tensor):  # .to(other): other's device
-            return a.device
     return None
 
 

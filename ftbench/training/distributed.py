@@ -139,7 +139,12 @@ def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpoi
             fully_shard(block, mesh=mesh, mp_policy=mp)
         if encoder is not None and post_sampler is not None:
             fully_shard([encoder, post_sampler], mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)
+        # The root's float input is Z's uniforms: cast to bf16 they would keep 8 bits and
+        # draw other codes than one device does. Inner units cast their (bf16) inputs.
+        root_mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                        cast_forward_inputs=False)
+                   if param_dtype is not None else mp)
+        fully_shard(model, mesh=mesh, mp_policy=root_mp)
         _forward_prefetch(model, encoder)
     return model
 

@@ -42,7 +42,6 @@ device.
 
 from __future__ import annotations
 
-import math
 import re
 
 from ftbench.config.schema import PairConfig
@@ -293,13 +292,20 @@ def format_memory_plan(d: dict) -> list[str]:
                 need = e["gpus_needed"]
                 hint = ""
                 if not e["fits"] and e["max_micro_batch"]:
-                    accum = math.ceil(d["micro_batch"] * d.get("grad_accum", 1)
-                                      / e["max_micro_batch"])
-                    hint = f" (set run.grad_accum >= {accum})"
+                    per_rank = d["micro_batch"] * d.get("grad_accum", 1)
+                    accum = accum_that_fits(per_rank, e["max_micro_batch"])
+                    hint = f" (set run.grad_accum={accum})"
                 lines.append(f"  {'':16s} {'':8s} {fit}{hint}; largest micro-batch "
                              f"{e['max_micro_batch']} sequences; 1 sequence per device needs "
                              f"{need if need else 'more than 4096'} device(s)")
     return lines
+
+
+def accum_that_fits(per_rank: int, max_micro_batch: int) -> int:
+    """The smallest run.grad_accum that splits a rank's sequences into equal micro-batches
+    of at most `max_micro_batch`."""
+    return next(k for k in range(1, per_rank + 1)
+                if per_rank % k == 0 and per_rank // k <= max_micro_batch)
 
 
 class MemoryPlanError(ValueError):
@@ -336,8 +342,11 @@ def check_fits(cfg: PairConfig, world_size: int, device_memory: int | str | None
         device_memory = device_memory_of(device)
         if device_memory is None:
             return None
-    plan = memory_plan(cfg, world_size, device_memory, device_type=device.type,
-                       vocab_size=vocab_size)
+    try:
+        plan = memory_plan(cfg, world_size, device_memory, device_type=device.type,
+                           vocab_size=vocab_size)
+    except ValueError as e:  # a batch that does not split over the ranks
+        raise MemoryPlanError(str(e)) from None
     bad = run_fits(plan)
     if bad:
         raise MemoryPlanError("\n".join(refusal_lines(plan, bad, cfg)))
@@ -359,7 +368,7 @@ def refusal_lines(plan: dict, bad: dict, cfg: PairConfig) -> list[str]:
     worst = min(bad.values(), key=lambda e: e["max_micro_batch"])
     fit = worst["max_micro_batch"]
     if fit:
-        accum = next(k for k in range(1, per_rank + 1) if per_rank % k == 0 and per_rank // k <= fit)
+        accum = accum_that_fits(per_rank, fit)
         lines.append(f"fix: --set run.grad_accum={accum} (micro-batch {per_rank // accum} "
                      f"sequences; the largest that fits is {fit}); same global batch, same run")
     else:

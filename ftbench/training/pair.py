@@ -17,7 +17,7 @@ from ftbench.data.mirror import resolve_data_dir
 from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
-from ftbench.training.checkpoint import CheckpointError
+from ftbench.training.checkpoint import ACCEPTED_RUN, CheckpointError, fingerprint_differs
 from ftbench.training.distributed import DistContext, init_distributed, wait_for_main
 from ftbench.training.export import CONFIG, save_pretrained
 from ftbench.training.loop import train_arm
@@ -33,14 +33,22 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
     def h(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run = dataclasses.asdict(cfg.run)
-    # grad_accum splits the same global batch (Z is drawn per global row), so a run may
-    # resume on other hardware with another split.
-    for free_to_change in ("checkpoint_every", "eval_every", "val_batches", "out_dir",
-                           "compile", "activation_checkpointing", "matched_control",
-                           "trackers", "grad_accum", "timeout_minutes"):
+    for free_to_change in FREE_TO_CHANGE:
         run.pop(free_to_change)
+    # Checkpoints and exports written while grad_accum was part of the fingerprint (and
+    # timeout_minutes did not exist) carry this hash: they resume at the same grad_accum.
+    legacy = {k: v for k, v in dataclasses.asdict(cfg.run).items()
+              if k not in FREE_TO_CHANGE or k == "grad_accum"}
     return {"arm": arm.name, "model": h(dataclasses.asdict(arm.model)), "kappa_bits": arm.kappa_bits,
-            "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key}
+            "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key,
+            ACCEPTED_RUN: [h(legacy)]}
+
+
+# grad_accum splits the same global batch (Z is drawn per global row), so a run may resume
+# on other hardware with another split.
+FREE_TO_CHANGE = ("checkpoint_every", "eval_every", "val_batches", "out_dir", "compile",
+                  "activation_checkpointing", "matched_control", "trackers", "grad_accum",
+                  "timeout_minutes")
 
 
 def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
@@ -223,7 +231,7 @@ def _finished(arm_dir: Path, fingerprint: dict, cfg: PairConfig, data_key: str) 
         return None
     meta = json.loads(exported.read_text())
     if "fingerprint" in meta:
-        differ = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
+        differ = fingerprint_differs(meta["fingerprint"], fingerprint)
     else:  # exports from before fingerprints were recorded: steps and data
         differ = [k for k, same in (("steps", meta.get("steps") == cfg.run.steps),
                                     ("data", meta.get("data_key") == data_key)) if not same]

@@ -46,10 +46,14 @@ def _rules(ctx, out):
         "host arithmetic": lambda: torch.tensor(2.0) * 3,
         "stack of host": lambda: torch.stack([torch.tensor(1.0), torch.tensor(2.0)]),
         "moved back to host": lambda: torch.ones(2, device=dev).cpu(),
+        "host written in place": lambda: torch.zeros(2).copy_(torch.ones(2, device=dev)),
+        "moved like a host tensor": lambda: torch.ones(2, device=dev).to(torch.zeros(1)),
         "explicit device": lambda: torch.tensor(1.0, device=dev),
         "moved to device": lambda: torch.tensor(1.0).to(dev),
         "device arithmetic": lambda: torch.ones(2, device=dev) * torch.tensor(2.0),
         "model output": lambda: torch.nn.Linear(2, 1).to(dev)(torch.ones(1, 2, device=dev)),
+        "like a host tensor, on the device": lambda: torch.zeros_like(torch.ones(2), device=dev),
+        "new on the device": lambda: torch.ones(2).new_zeros(3, device=dev),
     }
     for name, make in cases.items():
         try:
@@ -70,9 +74,11 @@ def test_rule_refuses_what_nccl_refuses(tmp_path):
     spawn(2, [(_rules, dict(out=out))], device_rule=True)
     refused = torch.load(out)
     for name in ("python float", "zeros without device", "from numpy", "host arithmetic",
-                 "stack of host", "moved back to host"):
+                 "stack of host", "moved back to host", "host written in place",
+                 "moved like a host tensor"):
         assert refused[name].startswith(NCCL_MESSAGE), (name, refused[name])
-    for name in ("explicit device", "moved to device", "device arithmetic", "model output"):
+    for name in ("explicit device", "moved to device", "device arithmetic", "model output",
+                 "like a host tensor, on the device", "new on the device"):
         assert refused[name] == "", (name, refused[name])
 
 
@@ -88,3 +94,33 @@ def test_training_validation_checkpoints_and_resume_obey_the_rule(tmp_path):
         lines = (tmp_path / "rule" / arm / "metrics.jsonl").read_text().splitlines()
         assert [__import__("json").loads(l)["step"] for l in lines] == [1, 2, 3, 4]
         assert (tmp_path / "state" / f"{arm}.pt").is_file()
+
+
+def _z_uniform_dtypes(ctx, out):
+    """A Free arm's training forward in bf16 under FSDP2 (one rank, mixed precision):
+    the dtypes in which Z's uniforms reach the sampler."""
+    import ftbench.model.free_transformer as ft
+    from ftbench.doctor.parity import parity_config
+    from ftbench.training.arms import pair_arms
+    from ftbench.training.loop import autocast_dtype, build_arm_model, forward_loss
+
+    cfg = parity_config(out.parent, dtype="bfloat16")
+    arm = pair_arms(cfg, cfg.model.vocab_size)[1]
+    model = build_arm_model(arm, cfg, ctx)
+    seen, real = [], ft.sample_codes
+
+    def spy(logits, generator=None, uniform=None):
+        seen.append(str(uniform.dtype))
+        return real(logits, generator, uniform)
+    ft.sample_codes = spy
+    tokens = torch.randint(0, cfg.model.vocab_size, (2, cfg.data.seq_len + 1), device=ctx.device)
+    forward_loss(model, arm, tokens, cfg, "z-dtype", 0, autocast_dtype(cfg, ctx.device))
+    torch.save(seen, out)
+
+
+def test_z_uniforms_keep_fp32_under_fsdp_mixed_precision(tmp_path):
+    """bf16 keeps 8 bits of a uniform: Bernoulli draws would become a staircase in p and
+    differ from a one-device run's. FSDP2 must not cast the root's float inputs."""
+    out = tmp_path / "dtypes.pt"
+    spawn(1, [(_z_uniform_dtypes, dict(out=out))])
+    assert torch.load(out) == ["torch.float32"]

@@ -140,3 +140,26 @@ def test_prediction_holds_for_adamw_under_fsdp():
     want = arm_memory(cfg.model, "free", seq_len=64, micro_batch=2, fsdp=True)
     assert want["peak_phase"] == "optimizer" and want["bytes"]["adamw_temporary"] > 0
     assert abs(want["peak_bytes"] / got["peak_bytes"] - 1) <= TOL, (got, want["peak_bytes"])
+
+
+def test_plan_errors_and_hints_a_run_can_use():
+    """A batch that does not split over the ranks is a plan error, not a traceback; the
+    dry run's hint names a grad_accum that divides the rank's batch (64 sequences per
+    rank here, too many without checkpointing)."""
+    import re
+
+    from ftbench.training.memory_plan import MemoryPlanError, accum_that_fits, check_fits
+
+    cfg = pair_config_from_dict({"size": "1.5b", "data": {"seq_len": 4096},
+                                 "run": {"batch_size": 128}})
+    with pytest.raises(MemoryPlanError, match="not divisible by world_size=3"):
+        check_fits(cfg, 3, "80GB", "cuda")
+    assert accum_that_fits(64, 5) == 16 and accum_that_fits(64, 64) == 1
+    assert accum_that_fits(6, 4) == 2 and accum_that_fits(7, 3) == 7
+    lines = format_memory_plan(memory_plan(cfg, 2, "80GB"))
+    hints = [l for l in lines if "does NOT fit" in l]
+    assert hints
+    for line in hints:
+        accum, largest = map(int, re.search(r"grad_accum=(\d+)\); largest micro-batch (\d+)",
+                                            line).groups())
+        assert 64 % accum == 0 and 64 // accum <= largest < 64 // accum * 2, line

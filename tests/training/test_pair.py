@@ -247,9 +247,43 @@ def test_grad_accum_may_change_when_a_run_resumes(tmp_path):
     arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
     fp = arm_fingerprint(cfg, arm, data.meta["key"])
     train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet, stop_after=3)
+    from ftbench.training.checkpoint import fingerprint_differs
+
     other = tiny_pair_config(tmp_path, grad_accum=2)
-    assert arm_fingerprint(other, arm, data.meta["key"]) == fp
-    assert arm_fingerprint(tiny_pair_config(tmp_path, batch_size=8), arm,
-                           data.meta["key"]) != fp  # the global batch changes the run
+    assert fingerprint_differs(arm_fingerprint(other, arm, data.meta["key"]), fp) == []
+    assert fingerprint_differs(arm_fingerprint(tiny_pair_config(tmp_path, batch_size=8), arm,
+                                               data.meta["key"]), fp) == ["run"]
     done = train_arm(arm, other, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
     assert done.steps == 6
+
+
+def test_checkpoints_fingerprinted_with_grad_accum_still_resume(tmp_path):
+    """Checkpoints written while grad_accum was part of the run's hash (and before
+    run.timeout_minutes existed) resume at the same grad_accum."""
+    import dataclasses
+    import hashlib
+
+    cfg = tiny_pair_config(tmp_path)
+    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
+    arm = pair_arms(cfg, data.tokenizer.vocab_size)[0]
+    fp = arm_fingerprint(cfg, arm, data.meta["key"])
+    train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet, stop_after=3)
+    # The hash as the earlier code computed it, written into the checkpoint's meta.json.
+    run = dataclasses.asdict(cfg.run)
+    for key in ("checkpoint_every", "eval_every", "val_batches", "out_dir", "compile",
+                "activation_checkpointing", "matched_control", "trackers", "timeout_minutes"):
+        run.pop(key)
+    old = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    meta_path = tmp_path / "a" / "checkpoints" / "step_00000003" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["run"] != old
+    meta["run"] = old
+    meta.pop("run_also_accepted")
+    meta_path.write_text(json.dumps(meta))
+    done = train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
+    assert done.steps == 6
+    meta["run"] = "0" * 16  # any other run is still refused
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "a" / "checkpoints" / "step_00000006").rename(tmp_path / "a" / "later")
+    with pytest.raises(CheckpointError, match="differs in: run"):
+        train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
