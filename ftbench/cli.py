@@ -172,7 +172,8 @@ def train_pair(
     weights. Outputs: models/<run>/<arm>/ (model.safetensors, config.json, tokenizer.json,
     metrics.jsonl). Running the same command again resumes from the newest complete
     checkpoint. A run that would repeat its data more than data.max_epochs refuses to
-    start. Missing token shards are built first; for large corpora build them ahead with
+    start, and so does one whose memory plan does not fit the GPU (--device-memory).
+    Missing token shards are built first; for large corpora build them ahead with
     `ftbench data prepare --workers N`. For several processes or GPUs launch with torchrun,
     e.g. `torchrun --nproc_per_node=8 -m ftbench train-pair --size 1.5b`.
     """

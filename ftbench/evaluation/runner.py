@@ -498,7 +498,9 @@ def main_first(ctx: DistContext, fn: Callable[[], T], others_run: bool = True) -
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 - re-raised on every rank below
             box[0] = ("error", e)
-    dist.broadcast_object_list(box, src=0)
+    # On the host group: rank 0 may spend long (downloads, EvalPlus's ground truth) while
+    # the others wait, beyond the device group's timeout.
+    dist.broadcast_object_list(box, src=0, group=ctx.host_group)
     status, value = box[0]
     if status == "error":
         raise value
