@@ -149,7 +149,7 @@ def measure(size: str, arch: str, batch: int, seq: int, ckpt: bool = False,
 
 def measure_many(specs: list[dict], timeout: float = 600) -> list[dict]:
     """`measure_here` for each spec (keys size, arch, batch, seq, ckpt, layers; optional
-    dtype, fsdp), one after
+    overrides of model fields, dtype, fsdp), one after
     another in one fresh subprocess: the high-water mark is reset and the resident baseline
     read again before each, and with MALLOC_MMAP_THRESHOLD_ every large tensor of the
     previous measurement has gone back to the system. One process instead of one per spec
@@ -181,6 +181,7 @@ def main() -> None:
     for spec in specs:
         print(json.dumps(measure_here(spec["size"], spec["arch"], spec["batch"], spec["seq"],
                                       spec.get("ckpt", False), spec.get("layers"),
+                                      overrides=spec.get("overrides"),
                                       dtype=spec.get("dtype", "auto"),
                                       fsdp=spec.get("fsdp", False))), flush=True)
         _trim()

@@ -13,7 +13,10 @@ The model counts what is alive at each phase of a step, in bytes, and takes the 
     fused head + cross-entropy's transient (one chunk's fp32 logits and the log-sum-exp's
     temporary, 8 x chunk x V bytes; the fp32 weight-gradient accumulator; the gradient for
     the hidden states) and the head's weight gradient.
-  - recompute phase (checkpointing): the saved block inputs and one block rebuilt.
+  - block-backward phase: a block's backward (the last one; under checkpointing any one,
+    rebuilt first): every saved activation, the residual stream's gradient and the
+    SwiGLU's two F-wide gradients, the peak where the FFN is wide and the vocabulary's
+    chunk small (1.5B at 16 x 4,096 tokens per rank).
   - mapper phase (the Binary Mapper's backward, half-way): the first half's and the
     encoder's activations, gradients so far, W_post's dense gradient and the mapper's
     scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum; under
@@ -131,7 +134,10 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     c = min(N, chunk_tokens(V))
     head_transient = 8 * c * V + 4 * V * D + a * N * D
     head_phase = blocks_saved + free_extra + head_transient + head_grad
-    recompute_phase = blocks_saved + free_extra + recompute + 2 * D * N * a + head_grad
+    # A block's backward (rebuilt first under checkpointing): its saved activations, the
+    # gradient of the residual stream and the SwiGLU's gradients (gate and up, 2F).
+    block_phase = (blocks_saved + free_extra + recompute + 2 * D * N * a
+                   + 2 * cfg.ffn_hidden * N * a + head_grad)
 
     scratch = 0.0
     mapper_phase = 0.0
@@ -155,7 +161,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     # the size of the (sharded) parameters; on plain tensors it runs fused, in place.
     compute = gathered + autocast_copies
     foreach_temp = 4 * P / world if sharded else 0.0
-    phases = {"head": head_phase + compute, "recompute": recompute_phase + compute,
+    phases = {"head": head_phase + compute, "block_backward": block_phase + compute,
               "mapper": mapper_phase + compute if free else 0.0,
               "optimizer": grads + foreach_temp}
     peak_phase = max(phases, key=phases.get)

@@ -163,3 +163,22 @@ def test_plan_errors_and_hints_a_run_can_use():
         accum, largest = map(int, re.search(r"grad_accum=(\d+)\); largest micro-batch (\d+)",
                                             line).groups())
         assert 64 % accum == 0 and 64 // accum <= largest < 64 // accum * 2, line
+
+
+# A wide FFN, a small vocabulary and many tokens (as 1.5B at 16 x 4,096 tokens per rank,
+# scaled down): a block's backward is the peak, not the loss.
+WIDE_FFN = {"vocab_size": 512, "d_model": 128, "ffn_hidden": 2048, "n_heads": 4,
+            "n_kv_heads": 2, "latent_bits": 8}
+
+
+@pytest.mark.slow
+def test_prediction_holds_where_a_block_backward_is_the_peak():
+    cases = [(arch, ckpt) for arch in ARCHES for ckpt in (True, False)]
+    got = measure_many([{"size": "tiny", "arch": arch, "batch": 8, "seq": 1024, "ckpt": ckpt,
+                         "layers": 2, "overrides": WIDE_FFN} for arch, ckpt in cases])
+    for (arch, ckpt), measured in zip(cases, got):
+        cfg = step_config("tiny", 8, 1024, ckpt, layers=2, overrides=WIDE_FFN)
+        want = arm_memory(cfg.model, arch, seq_len=1024, micro_batch=8, checkpointing=ckpt)
+        assert want["peak_phase"] == "block_backward"
+        ratio = want["peak_bytes"] / measured["peak_bytes"]
+        assert abs(ratio - 1) <= TOL, (arch, ckpt, measured["peak_bytes"], want["peak_bytes"])
