@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "evalplus==0.3.1"
 	touch $(STAMP)
 
-# The data mirror (laid out like shared/data); the demo and the tests read it offline.
+# The data mirror (laid out as in docs/data-mirror.md); the demo and the tests read it
+# offline. Give yours with `make demo DATA_DIR=/path/to/mirror`.
 DATA_DIR ?= ../shared/data
 
 ## The main job: the toy demo (cost accounting, a toy pair trained on the mirror, its
@@ -45,6 +46,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_training.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_loss_memory.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_memory_plan.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -151,11 +151,16 @@ def install_from_env() -> bool:
     return True
 
 
-def _refusing(fn, name: str):
+def _wrap_once(fn, wrapper):
+    """`wrapper` standing in for `fn`, unless `fn` is already one of ours (install twice)."""
     if getattr(fn, "_ftbench_device_rule", False):
         return fn
+    wrapper = functools.wraps(fn)(wrapper)
+    wrapper._ftbench_device_rule = True
+    return wrapper
 
-    @functools.wraps(fn)
+
+def _refusing(fn, name: str):
     def wrapper(*args, **kwargs):
         for t in tree_flatten((args, kwargs))[0]:
             if isinstance(t, torch.Tensor) and _mode is not None and _mode.is_host(t):
@@ -164,29 +169,19 @@ def _refusing(fn, name: str):
                     f"{tuple(t.shape)}: NCCL takes tensors on the run's device only; make it "
                     "with device=... or move it with .to(device))")
         return fn(*args, **kwargs)
-    wrapper._ftbench_device_rule = True
-    return wrapper
+    return _wrap_once(fn, wrapper)
 
 
 def _from_numpy(fn):
-    if getattr(fn, "_ftbench_device_rule", False):
-        return fn
-
-    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         out = fn(*args, **kwargs)
         if _mode is not None:
             _mode.host[out] = True
         return out
-    wrapper._ftbench_device_rule = True
-    return wrapper
+    return _wrap_once(fn, wrapper)
 
 
 def _exempt(fn):
-    if getattr(fn, "_ftbench_device_rule", False):
-        return fn
-
-    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if _mode is None:
             return fn(*args, **kwargs)
@@ -195,5 +190,4 @@ def _exempt(fn):
             return fn(*args, **kwargs)
         finally:
             _mode.exempt -= 1
-    wrapper._ftbench_device_rule = True
-    return wrapper
+    return _wrap_once(fn, wrapper)

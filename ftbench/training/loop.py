@@ -61,24 +61,24 @@ def autocast_dtype(cfg: PairConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _per_row(seed: int, tag: str, rows: range, draw, device: torch.device) -> torch.Tensor:
+    """draw(generator) for each row, each from its own generator seeded by the global row
+    id: the same values for a row whatever the world size or micro-batch."""
+    return torch.stack([draw(torch.Generator().manual_seed(param_seed(seed, f"{tag}/{row}")))
+                        for row in rows]).to(device)
+
+
 def z_uniforms(seed: int, tag: str, rows: range, T: int, H: int,
                device: torch.device) -> torch.Tensor:
-    """(len(rows), T, H) U(0,1) draws, each row from its own generator (global row id)."""
-    out = torch.empty(len(rows), T, H)
-    for i, row in enumerate(rows):
-        g = torch.Generator().manual_seed(param_seed(seed, f"{tag}/{row}"))
-        out[i] = torch.rand(T, H, generator=g)
-    return out.to(device)
+    """(len(rows), T, H) U(0,1) draws of the posterior's bits."""
+    return _per_row(seed, tag, rows, lambda g: torch.rand(T, H, generator=g), device)
 
 
 def z_prior_codes(seed: int, tag: str, rows: range, T: int, n_codes: int,
                   device: torch.device) -> torch.Tensor:
-    """(len(rows), T) uniform codes, each row from its own generator (global row id)."""
-    out = torch.empty(len(rows), T, dtype=torch.int64)
-    for i, row in enumerate(rows):
-        g = torch.Generator().manual_seed(param_seed(seed, f"{tag}/{row}"))
-        out[i] = torch.randint(0, n_codes, (T,), generator=g)
-    return out.to(device)
+    """(len(rows), T) uniform codes."""
+    return _per_row(seed, tag, rows, lambda g: torch.randint(0, n_codes, (T,), generator=g),
+                    device)
 
 
 def forward_loss(model, arm: Arm, batch: torch.Tensor, cfg: PairConfig, z_tag: str,

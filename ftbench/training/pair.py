@@ -14,7 +14,7 @@ from ftbench.config.loader import dump_pair_config
 from ftbench.config.schema import PairConfig
 from ftbench.data.budget import check_repetition, planned_tokens
 from ftbench.data.mirror import resolve_data_dir
-from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run
+from ftbench.data.pipeline import data_directory, open_prepared, prepare_for_run, prepared_index
 from ftbench.model.accounting import model_cost
 from ftbench.training.arms import Arm, pair_arms
 from ftbench.training.checkpoint import ACCEPTED_RUN, CheckpointError, fingerprint_differs
@@ -59,19 +59,10 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
     from ftbench.training.memory_plan import memory_plan
 
     from ftbench.data.budget import plan_figures
-    from ftbench.data.pipeline import prepared_index
 
     index = prepared_index(cfg)
-    if vocab_size:
-        vocab, vocab_from = vocab_size, "the caller"
-    elif index:
-        vocab, vocab_from = index["vocab_size"], "the prepared tokenizer"
-    elif cfg.data.tokenizer.kind == "bpe":
-        # What `ftbench info --size` assumes too; the trained BPE can come out smaller.
-        vocab, vocab_from = cfg.data.tokenizer.vocab_size, "data.tokenizer.vocab_size (until " \
-            "the tokenizer is trained)"
-    else:
-        vocab, vocab_from = cfg.model.vocab_size, "the preset (until the tokenizer is trained)"
+    vocab, vocab_from = ((vocab_size, "the caller") if vocab_size
+                         else known_vocab(cfg, index))
     arms = pair_arms(cfg, vocab)
     tokens_per_step = cfg.run.batch_size * cfg.data.seq_len
     out = {"config": dataclasses.asdict(cfg), "tokens_per_step": tokens_per_step,
@@ -92,15 +83,16 @@ def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
     return out
 
 
-def _known_vocab(cfg: PairConfig) -> int:
-    """The vocabulary the arms will have: the prepared tokenizer's, else the one asked for."""
-    from ftbench.data.pipeline import prepared_index
-
-    index = prepared_index(cfg)
+def known_vocab(cfg: PairConfig, index: dict | None) -> tuple[int, str]:
+    """The vocabulary the arms will have, and where it comes from: the prepared tokenizer
+    (`index`, the prepared data's), else the one the config asks for."""
     if index:
-        return index["vocab_size"]
-    return cfg.data.tokenizer.vocab_size if cfg.data.tokenizer.kind == "bpe" else \
-        cfg.model.vocab_size
+        return index["vocab_size"], "the prepared tokenizer"
+    if cfg.data.tokenizer.kind == "bpe":
+        # What `ftbench info --size` assumes too; the trained BPE can come out smaller.
+        return cfg.data.tokenizer.vocab_size, ("data.tokenizer.vocab_size (until the "
+                                               "tokenizer is trained)")
+    return cfg.model.vocab_size, "the preset (until the tokenizer is trained)"
 
 
 def recorded_config(cfg: PairConfig, vocab_size: int) -> PairConfig:
@@ -160,7 +152,8 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     root = run_dir(cfg)
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
-    check_fits(cfg, ctx.world, device_memory, ctx.device, _known_vocab(cfg))
+    vocab, _ = known_vocab(cfg, prepared_index(cfg))
+    check_fits(cfg, ctx.world, device_memory, ctx.device, vocab)
     resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
     require_trackers(cfg.run.trackers)  # a missing dashboard package, before hours of data prep
     created = _new_dirs(root) if ctx.is_main else []
