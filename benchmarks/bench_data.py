@@ -13,7 +13,7 @@ tree (main + workers) every 0.1 s. It prints, per build:
   the plain RSS sum is printed beside it), for two corpus sizes
   (memory must not grow with the corpus) and for 1 and 2 workers;
 - the load average before and after (2-core shared machine: wall figures move with it).
-Targets (issue 10): >= 1M tokens/s per worker; peak memory < 1 GB, flat in corpus size.
+Targets: >= 1M tokens/s per worker; peak memory < 1 GB, flat in corpus size.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def train_pair(
         [], "--set", help="Override a config field with a dotted key, e.g. --set optim.lr=1e-3. "
                           "Repeatable."),
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Local data mirror laid out like shared/data (offline mode; "
+        None, "--data-dir", help="Local data mirror, laid out as in docs/data-mirror.md (offline mode; "
                                  "default $FTBENCH_DATA_DIR, else online)."),
     dry: bool = typer.Option(False, "--dry-run", help="Print the resolved config, the data "
                              "budget (tokens needed, planned or prepared, epochs, per source), "
@@ -317,7 +317,7 @@ def eval_(
                                       help="Token sampling temperature for generative tasks "
                                            "(0: greedy; Free samples then differ by Z only)."),
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Local mirror laid out like shared/data (offline; default "
+        None, "--data-dir", help="Local data mirror, laid out as in docs/data-mirror.md (offline; default "
                                  "$FTBENCH_DATA_DIR, else the Hugging Face hub)."),
     results: Path = typer.Option(Path("results"), "--results", help="Results root folder."),
     model: Optional[str] = typer.Option(

@@ -67,7 +67,8 @@ class DataConfig:
     sources: list[SourceConfig] = field(
         default_factory=lambda: [SourceConfig(kind="synthetic")])
     data_dir: str = ""
-    """Local mirror laid out like shared/data. Empty: $FTBENCH_DATA_DIR, else online."""
+    """Local data mirror, laid out as in docs/data-mirror.md. Empty: $FTBENCH_DATA_DIR,
+    else online."""
     train_tokens: int = 0
     """Unique training tokens to prepare. 0: exactly what the run consumes
     (run.steps x run.batch_size x seq_len, plus one), so no token is seen twice."""

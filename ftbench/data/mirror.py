@@ -22,7 +22,7 @@ def resolve_data_dir(explicit: str | os.PathLike | None) -> Path | None:
     if not path.is_dir():
         origin = "--data-dir/data.data_dir" if explicit else f"${ENV_VAR}"
         raise DataError(f"data directory {path} (from {origin}) does not exist; point it at a "
-                        "mirror laid out like shared/data")
+                        "data mirror laid out as in docs/data-mirror.md")
     return path
 
 

@@ -58,8 +58,8 @@ def _yaml(data: dict) -> str:
 def mirror_file(data_dir: Path, rel: str) -> Path:
     p = data_dir / rel
     if not p.exists():
-        raise DataError(f"the data mirror {data_dir} lacks {rel}; it must be laid out like "
-                        "shared/data (see its SOURCES.md)")
+        raise DataError(f"the data mirror {data_dir} lacks {rel}; it must be laid out as in "
+                        "docs/data-mirror.md")
     return p
 
 

@@ -29,7 +29,7 @@ class EvalError(RuntimeError):
     pass
 
 
-# The protocol defaults for Free arms (shared/docs/free-transformer.md section 9.3).
+# The protocol defaults for Free arms (docs/evaluation.md, "How Free models are scored").
 FREE_Z_SAMPLES = 5
 LL_ESTIMATOR = ("log-mean-exp over K Z draws of p(continuation | context, Z): estimates "
                 "log E_Z p, biased low (Jensen), less so as K grows; draws shared by an "

@@ -41,7 +41,8 @@ from ftbench.model.binary_mapper import sample_codes
 Protocol = Literal["posterior", "prior"]
 PROTOCOLS: tuple[str, ...] = ("posterior", "prior")
 FREE_Z_DRAWS = 8
-"""Z draws per log-likelihood item for Free models (shared/docs/free-transformer.md 9.3)."""
+"""Z draws per log-likelihood item for Free models (docs/evaluation.md, "How Free models
+are scored")."""
 BASELINE_KEY = "baseline"
 """score_requests' key for a baseline, which has no Z protocol."""
 

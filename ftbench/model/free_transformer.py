@@ -1,4 +1,4 @@
-"""The Free Transformer (Fleuret 2025, arXiv 2510.17558), as in shared/docs/free-transformer.md.
+"""The Free Transformer (Fleuret 2025, arXiv 2510.17558).
 
 The decoder is the baseline's, block for block and name for name. What is added:
 - an encoder that reads X, the output of block L/2: one non-causal block whose queries

@@ -15,7 +15,7 @@ from ftbench.repro.synthetic import CHANCE_START, FIGURE, MEASURES, kappa_text
 # The paper's claims (Fig. 4, recipe section 8), turned into rules fixed before any run:
 MARGIN = 0.10  # "barely", "comparable", "drops": 10 percentage points
 NEAR_CHANCE = 3.0  # "near chance": at most 3x CHANCE_START, two uniform starts (1/57)
-HIGH_AGREEMENT = 0.90  # the ">= 90 %"
+HIGH_AGREEMENT = 0.90  # "high" agreement: 90 % of the samples or more
 
 MEASURE_HELP = [
     ("KL", "mean KL(Q(Z_t|S) || uniform) per token in bits, measured on fresh documents; "

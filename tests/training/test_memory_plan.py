@@ -8,7 +8,7 @@ from ftbench.doctor.memory import measure_many, step_config
 from ftbench.training.memory_plan import (GiB, arm_memory, format_memory_plan, gpus_needed,
                                           max_micro_batch, memory_plan, parse_memory)
 
-TOL = 0.20  # the bound; measured gaps are within 6 % (see the README figures)
+TOL = 0.20  # measured gaps are within a few percent (docs/training.md gives the figures)
 ARCHES = ("baseline", "free")
 # (size, checkpointing) at 8 x 256 tokens, where activations dominate: the head phase is the
 # peak. Toy without checkpointing is test_prediction_holds_at_toy.
