@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -24,21 +25,85 @@ def _quiet(*_):
     pass
 
 
-def test_arms_share_batches_and_initial_decoder(tmp_path):
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_a_trained_pair_shares_batches_initial_weights_tokenizer_and_validation(
+        tmp_path, monkeypatch):
+    """The matched pair as recorded by a real run of every arm (baseline, two Free arms,
+    the (L+1)-layer control): what each arm was fed, built from and validated on."""
     cfg = tiny_pair_config(tmp_path, matched_control=True)
-    data = prepare_data(cfg.data, cfg.run.seed, tmp_path / "data", log=_quiet)
-    arms = pair_arms(cfg, data.tokenizer.vocab_size)
-    assert [a.name for a in arms] == ["baseline", "free-k0p5", "baseline-control"]
-    base, free = (build_arm_model(a, cfg, CTX) for a in arms[:2])
-    fp = dict(free.named_parameters())
-    for name, p in base.named_parameters():
-        assert torch.equal(p, fp[name]), name
-    # The batches come from one sampler, a pure function of (seed, step): same for every arm.
-    s1 = BatchSampler(data.train, cfg.data.seq_len, cfg.run.batch_size, cfg.run.seed)
-    s2 = BatchSampler(data.train, cfg.data.seq_len, cfg.run.batch_size, cfg.run.seed)
-    for step in range(5):
-        assert torch.equal(s1.batch(step), s2.batch(step))
-    assert base.cfg == free.cfg  # the resolved model configs of a pair are identical
+    cfg.latent.kappas_bits = [0.5, 2.0]
+    initial, val_inputs = {}, {}
+    build, sums = loop.build_arm_model, loop.validation_sums
+
+    def recording_build(arm, cfg, ctx):
+        model = build(arm, cfg, ctx)
+        initial[arm.name] = {n: p.detach().clone() for n, p in model.state_dict().items()}
+        return model
+
+    def recording_validation(model, arm, *args, **kwargs):
+        seen = []
+        val_inputs.setdefault(arm.name, []).append(seen)
+        hook = model.register_forward_pre_hook(
+            lambda _m, a, kw: seen.append(_digest(a[0] if a else kw["tokens_BT"])),
+            with_kwargs=True)
+        try:
+            return sums(model, arm, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(loop, "build_arm_model", recording_build)
+    monkeypatch.setattr(loop, "validation_sums", recording_validation)
+    summary = train_pair(cfg, log=_quiet, ctx=CTX)
+    arms = ["baseline", "free-k0p5", "free-k2", "baseline-control"]
+    assert list(summary) == arms
+    root = run_dir(cfg)
+
+    # Batches: the digest each arm recorded at each step is the same for every arm...
+    batches = {a: [r["batch_sha1"] for r in map(json.loads, (root / a / "metrics.jsonl")
+                                                .read_text().splitlines())] for a in arms}
+    assert len(batches["baseline"]) == cfg.run.steps
+    for a in arms[1:]:
+        assert batches[a] == batches["baseline"], a
+    # ...and names the batch: the sampler's own, different at every step.
+    sampler = BatchSampler(prepare_data(cfg.data, cfg.run.seed, tmp_path / "d2",
+                                        log=_quiet).train,
+                           cfg.data.seq_len, cfg.run.batch_size, cfg.run.seed)
+    expected = [hashlib.sha1(sampler.batch(s).numpy().tobytes()).hexdigest()[:16]
+                for s in range(cfg.run.steps)]
+    assert batches["baseline"] == expected and len(set(expected)) == cfg.run.steps
+
+    # Initial weights: every baseline tensor is the Free arms' tensor of the same name.
+    # The control (L + 1 layers) draws the same values for its first L layers, the
+    # embedding and the head; its residual output projections are scaled for its depth.
+    base = initial["baseline"]
+    for a in ("free-k0p5", "free-k2"):
+        assert set(base) < set(initial[a])
+        for name, t in base.items():
+            assert torch.equal(t, initial[a][name]), (a, name)
+    shared = [n for n in base if n in initial["baseline-control"]]
+    assert len(shared) == len(base)
+    rescaled = []
+    for name in shared:
+        b, c = base[name].double(), initial["baseline-control"][name].double()
+        if not torch.equal(b, c):
+            rescaled.append(name)
+            assert torch.allclose(c, b * (c.norm() / b.norm()), rtol=1e-6, atol=0), name
+    assert "tok_emb.weight" in shared and "tok_emb.weight" not in rescaled and len(rescaled) < len(shared) // 2, rescaled
+
+    # Tokenizer: byte-identical in every exported arm.
+    tokenizers = {(root / a / "tokenizer.json").read_bytes() for a in arms}
+    assert len(tokenizers) == 1
+
+    # Validation: every arm read the same windows at every validation (a Free arm reads
+    # each window twice, under posterior and prior Z).
+    windows = {a: [list(dict.fromkeys(call)) for call in calls]
+               for a, calls in val_inputs.items()}
+    assert set(windows) == set(arms) and len(windows["baseline"]) == 2  # steps 3 and 6
+    for a in arms[1:]:
+        assert windows[a] == windows["baseline"], a
 
 
 @pytest.mark.parametrize("arm_index", [0, 1])
