@@ -42,3 +42,186 @@ def test_items_must_match():
         paired_arrays({"1": 1.0, "2": 0.0}, {"1": 1.0, "3": 0.0})
     a, b = paired_arrays({"2": 0.0, "1": 1.0}, {"1": 0.5, "2": 0.25})
     assert a.tolist() == [1.0, 0.0] and b.tolist() == [0.5, 0.25]
+
+
+# ---- McNemar: the exact test against scipy, the normal approximation past 1,000 -------
+
+def _discordant(b: int, c: int, concordant: int = 5):
+    """Outcome arrays with b items only the baseline gets right and c only the other."""
+    base = np.array([1] * b + [0] * c + [1] * concordant + [0] * concordant)
+    other = np.array([0] * b + [1] * c + [1] * concordant + [0] * concordant)
+    return base, other
+
+
+@pytest.mark.parametrize("b,c", [(0, 1), (1, 0), (3, 3), (7, 2), (480, 520), (520, 480)])
+def test_mcnemar_exact_equals_scipy_binomial_test(b, c):
+    from scipy.stats import binomtest
+
+    expected = binomtest(min(b, c), b + c, 0.5).pvalue
+    assert abs(mcnemar_exact(*_discordant(b, c)) - expected) < 1e-12
+    if b == c:
+        assert mcnemar_exact(*_discordant(b, c)) == 1.0  # capped at 1, never above
+
+
+def test_mcnemar_uses_the_normal_approximation_past_1000_discordant_pairs():
+    from scipy.stats import binomtest, norm
+
+    # 1,001 discordant pairs: p = 2 * (1 - Phi((|b - c| - 1) / sqrt(b + c))), which is
+    # within 2e-4 of the exact binomial p but not within 1e-9 of it.
+    b, c = 520, 481
+    approx = 2 * norm.sf((abs(b - c) - 1) / np.sqrt(b + c))
+    p = mcnemar_exact(*_discordant(b, c))
+    assert abs(p - approx) < 1e-12
+    exact = binomtest(c, b + c, 0.5).pvalue
+    assert 1e-9 < abs(p - exact) < 2e-4
+    # At exactly 1,000 the exact test still runs.
+    assert abs(mcnemar_exact(*_discordant(520, 480)) - binomtest(480, 1000, 0.5).pvalue) < 1e-12
+
+
+# ---- the paired bootstrap on non-binary outcomes ----------------------------------------
+# A Free arm's generative score is a mean over n samples per item (0, 0.2, ..., 1 for
+# n = 5), so every such comparison goes through the bootstrap, not McNemar.
+
+def test_identical_non_binary_arms_give_p_one_and_a_zero_interval():
+    x = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.2, 0.4])
+    r = compare(x, x.copy(), n_boot=1000)
+    assert r.test == "paired-bootstrap" and r.p_value == 1.0 and not r.significant
+    assert r.ci_low == r.ci_high == r.diff == 0.0
+
+
+def test_a_constant_shift_gives_the_smallest_p_the_resample_count_allows():
+    # Every resampled difference is +0.55: none falls at or below zero, so p is the
+    # floor 1 / n_boot (a +55-point gain that is certain, whatever n_boot).
+    base = np.array([0.0, 0.2, 0.4, 0.2, 0.0, 0.4, 0.2, 0.0, 0.2, 0.4] * 3)
+    other = base + 0.55
+    for n_boot in (1000, 10_000):
+        r = compare(base, other, n_boot=n_boot)
+        assert r.test == "paired-bootstrap" and r.p_value == 1 / n_boot and r.significant
+        assert abs(r.diff - 0.55) < 1e-12 and abs(r.ci_low - 0.55) < 1e-12
+        assert abs(r.ci_high - 0.55) < 1e-12
+    assert compare(base, other).p_value == 1e-4  # the default resample count: 10,000
+    assert compare(other, base, n_boot=1000).p_value == 1 / 1000  # two-sided
+
+
+@pytest.mark.parametrize("diffs,expected", [
+    # Two items: a resample holds item 1 twice (1/4), item 2 twice (1/4) or both (1/2),
+    # so the resampled mean difference takes three values with known probabilities.
+    ([+1.0, -1.0], 1.0),    # P(d <= 0) = P(d >= 0) = 3/4: p = min(1, 2 * 3/4)
+    ([-0.5, +1.5], 0.5),    # d in {-0.5, 0.5, 1.5}: P(d <= 0) = 1/4, p = 2 * 1/4
+    ([+0.5, -1.5], 0.5),    # the mirror image
+    ([+0.25, +0.75], 1e-4),  # always above zero: the floor 1 / n_boot
+])
+def test_bootstrap_p_value_on_two_items_equals_the_hand_computed_one(diffs, expected):
+    base = np.array([0.5, 0.25])  # exact in binary: a zero difference is exactly 0
+    r = compare(base, base + np.array(diffs), n_boot=10_000, seed=1)
+    assert r.test == "paired-bootstrap"
+    # 10,000 resamples: P(d <= 0) = 1/4 is estimated within 4 sd = 0.017 (p within 0.035).
+    assert abs(r.p_value - expected) < 0.035, (diffs, r.p_value)
+
+
+def test_a_simulated_null_is_rejected_about_five_percent_of_the_time():
+    # Both arms are scored as means of 5 samples of one per-item success rate: no true
+    # difference. At level 0.95 a calibrated test rejects 5 % of the time; over 400
+    # simulated comparisons that rate is 0.05 +- 0.011 (one sd).
+    rng = np.random.default_rng(0)
+    rejections, trials = 0, 400
+    for t in range(trials):
+        rate = rng.uniform(0.05, 0.95, 80)
+        base = rng.binomial(5, rate) / 5
+        other = rng.binomial(5, rate) / 5
+        r = compare(base, other, n_boot=1000, seed=t)
+        assert r.test == "paired-bootstrap" or np.isin(np.r_[base, other], (0, 1)).all()
+        rejections += r.significant
+    assert 0.02 <= rejections / trials <= 0.09, rejections / trials
+    # A real +0.15 gain on the same design is found nearly always.
+    found = 0
+    for t in range(50):
+        rate = rng.uniform(0.05, 0.8, 80)
+        found += compare(rng.binomial(5, rate) / 5, rng.binomial(5, rate + 0.15) / 5,
+                         n_boot=1000, seed=t).significant
+    assert found >= 45
+
+
+def test_interval_width_follows_the_normal_law():
+    # 400 paired differences with sd s: the 95 % percentile interval is about
+    # mean +- 1.96 s / sqrt(n) (CLT). A 90 % or a 96.7 % interval would be 16 % narrower
+    # or 9 % wider; the bootstrap's own noise at 20,000 resamples is about 2 %.
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 1, 400)
+    other = base + rng.normal(0.1, 1, 400)
+    s = np.std(other - base)
+    r = compare(base, other, n_boot=20_000)
+    half = (r.ci_high - r.ci_low) / 2
+    assert abs(half / (1.96 * s / 20) - 1) < 0.04, half / (1.96 * s / 20)
+    assert abs((r.ci_high + r.ci_low) / 2 - r.diff) < 0.2 * half
+    r80 = compare(base, other, n_boot=20_000, level=0.8)
+    assert abs((r80.ci_high - r80.ci_low) / 2 / (1.2816 * s / 20) - 1) < 0.04
+    assert r80.level == 0.8
+
+
+def test_resamples_draw_every_item():
+    # Item 0 alone differs between the arms: a bootstrap that never drew it (or always
+    # did) would give a zero (or constant) difference.
+    base = np.zeros(4) + 0.5
+    other = np.array([0.9, 0.5, 0.5, 0.5])
+    r = compare(base, other, n_boot=4000)
+    # Draws of item 0 in 4 ~ Binomial(4, 1/4): P(0) = 0.32, P(<= 2) = 0.949, P(<= 3) = 0.996.
+    assert r.ci_low == 0.0 and abs(r.ci_high - 0.3) < 1e-12
+    assert abs(r.diff - 0.1) < 1e-12
+
+
+def test_comparison_records_every_figure_and_is_reproducible():
+    base = np.array([0.2, 0.4, 0.6, 0.0, 0.8, 0.4])
+    other = np.array([0.4, 0.4, 1.0, 0.2, 0.8, 0.6])
+    r = compare(base, other)
+    assert r.n == 6 and abs(r.baseline - 0.4) < 1e-12 and abs(r.other - 17 / 30) < 1e-12
+    assert abs(r.diff - (17 / 30 - 0.4)) < 1e-12 and r.level == 0.95
+    assert abs(r.rel_gain - (17 / 30 - 0.4) / 0.4) < 1e-12
+    again = compare(base, other)  # the default seed: the report's numbers are reproducible
+    assert (r.ci_low, r.ci_high, r.p_value) == (again.ci_low, again.ci_high, again.p_value)
+    seeded = compare(base, other, seed=0)
+    assert (r.ci_low, r.ci_high, r.rel_ci_low) == (seeded.ci_low, seeded.ci_high,
+                                                   seeded.rel_ci_low)
+
+
+def test_a_binary_baseline_against_fractions_uses_the_bootstrap():
+    base = np.array([1, 0, 1, 0, 1, 1, 0, 0], float)
+    other = np.array([0.8, 0.2, 1.0, 0.4, 0.6, 1.0, 0.0, 0.2])
+    assert compare(base, other, n_boot=500).test == "paired-bootstrap"
+    assert compare(other, base, n_boot=500).test == "paired-bootstrap"
+
+
+def test_relative_gain_is_undefined_for_a_zero_baseline_and_warns_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resamples with a zero baseline mean: no warning
+        zero = compare(np.zeros(5), np.array([0.2, 0.0, 0.4, 0.0, 0.0]), n_boot=500)
+        assert zero.rel_gain is None and zero.rel_ci_low is None and zero.rel_ci_high is None
+        # 0/0 and x/0 in the resamples (base mean 0 in a third of them) are dropped.
+        r = compare(np.array([0.6, 0.0, 0.0]), np.array([0.6, 0.2, 0.0]), n_boot=2000)
+    assert abs(r.rel_gain - 1 / 3) < 1e-12
+    assert r.rel_ci_low is not None and np.isfinite([r.rel_ci_low, r.rel_ci_high]).all()
+
+
+@pytest.mark.parametrize("base,other", [
+    (np.zeros(3), np.zeros(4)),         # different lengths
+    (np.zeros((2, 2)), np.zeros((2, 2))),  # not 1-D
+    (np.zeros(0), np.zeros(0)),         # empty
+    (np.zeros((1, 3)), np.zeros(3)),    # same size, different shape
+])
+def test_compare_refuses_what_is_not_two_paired_vectors(base, other):
+    with pytest.raises(ValueError, match="non-empty 1-D arrays of paired outcomes"):
+        compare(base, other)
+
+
+def test_unmatched_items_are_named_three_at_most():
+    a = {k: 1.0 for k in "abcdq"}
+    b = {k: 1.0 for k in "qvwxyz"}
+    with pytest.raises(ValueError) as err:
+        paired_arrays(a, b)
+    assert ("only in the first: ['a', 'b', 'c'], only in the second: ['v', 'w', 'x']"
+            in str(err.value))
+    assert "compare runs of the same task version and limit" in str(err.value)
+    x, y = paired_arrays({"1": 1, "2": 0}, {"1": 0, "2": 1})
+    assert x.dtype == y.dtype == np.float64
