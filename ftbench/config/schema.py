@@ -94,6 +94,10 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    fused: str = "auto"
+    """AdamW's fused kernel (one pass over each tensor): auto uses it wherever torch
+    supports it (FSDP2's sharded parameters included), on requires it, off runs the
+    foreach path."""
 
 
 @dataclass
@@ -126,7 +130,15 @@ class RunConfig:
     dtype: str = "auto"
     """auto: bfloat16 autocast on GPU, float32 on CPU."""
     compile: bool = False
+    """torch.compile each transformer block (decoder and encoder)."""
     activation_checkpointing: bool = False
+    checkpoint_policy: str = "full"
+    """With activation_checkpointing: full (each block's forward is run again in the
+    backward) or selective (its matmul and attention outputs are kept; norms, RoPE and
+    the SwiGLU's pointwise ops are recomputed: more memory, less time)."""
+    shard_ranks: int = 0
+    """Ranks each parameter is sharded over (FSDP2); the others hold replicas (HSDP). 0:
+    one node's ranks when the job spans nodes, all ranks on one node."""
     matched_control: bool = False
     """Also train an (L+1)-layer baseline, parameter-matched to the encoder block."""
     trackers: list[str] = field(default_factory=list)
@@ -194,6 +206,14 @@ class PairConfig:
         if r.batch_size % r.grad_accum:
             raise ConfigError(f"run.batch_size: {r.batch_size} is not divisible by "
                               f"run.grad_accum={r.grad_accum}")
+        if r.checkpoint_policy not in ("full", "selective"):
+            raise ConfigError(f"run.checkpoint_policy: {r.checkpoint_policy!r} is not one of "
+                              "full, selective")
+        if r.shard_ranks < 0:
+            raise ConfigError(f"run.shard_ranks: must be >= 0 (0: one node's ranks), got "
+                              f"{r.shard_ranks}")
+        if o.fused not in ("auto", "on", "off"):
+            raise ConfigError(f"optim.fused: {o.fused!r} is not one of auto, on, off")
         if r.dtype not in DTYPES:
             raise ConfigError(f"run.dtype: {r.dtype!r} is not one of {', '.join(DTYPES)}")
         for i, name in enumerate(r.trackers):

@@ -45,14 +45,14 @@ def _trim() -> None:
 
 
 def step_config(size: str, batch: int, seq: int, ckpt: bool, layers: int | None = None,
-                overrides: dict | None = None, dtype: str = "auto"):
+                overrides: dict | None = None, dtype: str = "auto", fused: str = "auto"):
     from ftbench.config import pair_config_from_dict
 
     model = {"max_seq_len": max(seq, 64), **(overrides or {})}
     if layers:
         model["n_layers"] = layers
     return pair_config_from_dict({"size": size, "model": model, "data": {"seq_len": seq},
-                                  "latent": {"kappas_bits": [0.5]},
+                                  "latent": {"kappas_bits": [0.5]}, "optim": {"fused": fused},
                                   "run": {"batch_size": batch, "steps": 10, "dtype": dtype,
                                           "activation_checkpointing": ckpt}})
 
@@ -87,7 +87,7 @@ def _train_steps(cfg, arch: str, steps: int, device, ctx=None):
 
 def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
                  layers: int | None = None, overrides: dict | None = None,
-                 dtype: str = "auto", fsdp: bool = False) -> dict:
+                 dtype: str = "auto", fsdp: bool = False, fused: str = "auto") -> dict:
     """Peak bytes of two training steps (the second, at the full batch, has the optimiser
     state), this process. `fsdp`: under FSDP2 on a one-rank group (bf16: with its
     MixedPrecisionPolicy), as each rank of a sharded run holds its units."""
@@ -100,7 +100,7 @@ def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
                        overrides={"vocab_size": 64, "d_model": 32, "latent_bits": 4})
     _train_steps(warm, arch, 2, device, ctx)
     _trim()
-    cfg = step_config(size, batch, seq, ckpt, layers, overrides, dtype)
+    cfg = step_config(size, batch, seq, ckpt, layers, overrides, dtype, fused)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -117,7 +117,7 @@ def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
         peak = _status("VmHWM") - base
     return {"size": size, "arch": arch, "batch": batch, "seq": seq, "ckpt": ckpt,
             "layers": cfg.model.n_layers, "device": device.type, "dtype": cfg.run.dtype,
-            "fsdp": fsdp, "peak_bytes": int(peak)}
+            "fsdp": fsdp, "fused": fused, "peak_bytes": int(peak)}
 
 
 def _one_rank_fsdp(device):

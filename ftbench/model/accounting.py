@@ -89,3 +89,22 @@ def overhead(baseline: ModelCost, free: ModelCost) -> dict[str, float]:
         "forward_flops": free.forward_flops_per_token / baseline.forward_flops_per_token - 1,
         "decode_flops": free.decode_flops_per_token / baseline.decode_flops_per_token - 1,
     }
+
+
+def recompute_flops_per_token(cfg: ModelConfig, arch: str, seq_len: int | None = None,
+                              checkpointing: str = "full") -> float:
+    """FLOPs per token that activation checkpointing adds to a training step (hardware
+    FLOPs, not model FLOPs: MFU leaves them out). Full checkpointing runs every block's
+    forward again (decoder blocks and the encoder's) up to the last tensor its backward
+    needs: torch's checkpoint stops early there, so the SwiGLU's down projection, whose
+    output no backward reads, is not run again. Selective checkpointing keeps the matmul
+    and attention outputs and recomputes pointwise ops only (no matmul FLOPs)."""
+    if checkpointing != "full":
+        return 0.0
+    T = seq_len or cfg.max_seq_len
+    attn_width = cfg.n_heads * cfg.head_dim
+    per_block = 2 * (_block_matmul_params(cfg) - cfg.d_model * cfg.ffn_hidden)
+    flops = cfg.n_layers * (per_block + 2 * (T + 1) * attn_width)
+    if arch == "free":
+        flops += per_block + 4 * T * attn_width  # the encoder block: full T x T attention
+    return float(flops)

@@ -29,6 +29,12 @@ class DistContext:
     """A process group of one rank run as if sharded: FSDP2 units (and in bf16 their
     MixedPrecisionPolicy) and every collective, as on many ranks. For checks on one
     device of what a multi-GPU run does; needs an initialised process group."""
+    ranks_per_node: int | None = None
+    """torchrun's LOCAL_WORLD_SIZE: where the job spans nodes, run.shard_ranks 0 shards
+    within a node and replicates across nodes (HSDP)."""
+    mesh: object = None
+    """A device mesh made ahead (ftbench.doctor.rehearsal makes it before it enters fake
+    tensor mode, where a mesh cannot be built); None: parallelize() makes one."""
 
     @property
     def is_main(self) -> bool:
@@ -61,7 +67,9 @@ def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistCo
         device = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo", timeout=timeout)
-    return DistContext(rank, world, local_rank, device, host_group=new_host_group())
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return DistContext(rank, world, local_rank, device, host_group=new_host_group(),
+                       ranks_per_node=local_world)
 
 
 def new_host_group():
@@ -93,14 +101,89 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value
 
 
-def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpointing: bool,
-                compile: bool, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+CHECKPOINTING = ("none", "full", "selective")
+
+
+def checkpoint_policy(run) -> str:
+    """run.activation_checkpointing and run.checkpoint_policy as one of CHECKPOINTING."""
+    return run.checkpoint_policy if run.activation_checkpointing else "none"
+
+
+def shard_ranks(world: int, ranks_per_node: int | None, requested: int = 0) -> int:
+    """Ranks each parameter is sharded over; the job's other ranks hold replicas (HSDP).
+    0: one node's ranks when the job spans nodes (gathers then stay on NVLink), else all."""
+    if requested:
+        if requested < 1 or world % requested:
+            raise ValueError(f"run.shard_ranks={requested} does not divide the job's "
+                             f"{world} ranks; use a divisor of {world} (0: one node's ranks)")
+        return requested
+    if ranks_per_node and ranks_per_node < world and world % ranks_per_node == 0:
+        return ranks_per_node
+    return world
+
+
+def device_mesh(ctx: DistContext, requested_shard_ranks: int = 0):
+    """The FSDP2 mesh: 1-D over every rank, or 2-D (replicate, shard) for HSDP."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shard = shard_ranks(ctx.world, ctx.ranks_per_node, requested_shard_ranks)
+    if shard == ctx.world:
+        return init_device_mesh(ctx.device.type, (ctx.world,))
+    return init_device_mesh(ctx.device.type, (ctx.world // shard, shard),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def _saved_by_selective_checkpointing():
+    """The ops whose outputs selective checkpointing keeps (as torchtitan's op-level SAC):
+    matmuls and attention, where the FLOPs are. Norms, RoPE, SiLU and the products are
+    recomputed in the backward: a few memory-bound kernels instead of a second forward."""
+    ops = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.bmm.default]
+    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                 "_scaled_dot_product_cudnn_attention",
+                 "_scaled_dot_product_flash_attention_for_cpu"):
+        if hasattr(torch.ops.aten, name):
+            ops.append(getattr(torch.ops.aten, name).default)
+    return ops
+
+
+def _checkpointed(block: torch.nn.Module, policy: str) -> torch.nn.Module:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    if policy == "full":
+        return checkpoint_wrapper(block)
+    import functools
+
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = set(_saved_by_selective_checkpointing())
+
+    def choose(ctx, op, *args, **kwargs):
+        return (CheckpointPolicy.MUST_SAVE if op in saved
+                else CheckpointPolicy.PREFER_RECOMPUTE)
+
+    return checkpoint_wrapper(block, context_fn=functools.partial(
+        create_selective_checkpoint_contexts, choose))
+
+
+def parallelize(model: torch.nn.Module, ctx: DistContext, *,
+                activation_checkpointing: bool | str, compile: bool,
+                param_dtype: torch.dtype | None = None,
+                shard_ranks: int = 0) -> torch.nn.Module:
     """The fixed order: activation checkpointing, compile, fully_shard per unit, root.
+
+    `activation_checkpointing`: "full" (True) recomputes each block's forward in the
+    backward; "selective" keeps its matmul and attention outputs and recomputes the rest;
+    "none" (False) keeps everything.
 
     `param_dtype` (bf16 runs): every unit gathers its weights in that dtype and reduces
     gradients in fp32 (FSDP2's MixedPrecisionPolicy), over fp32 sharded weights and AdamW
     state. Gathers move half the bytes, autocast finds bf16 weights and keeps no copies of
     its own, and the residual stream is bf16 from the embedding on.
+
+    `shard_ranks` (see shard_ranks()): with fewer than all ranks, a 2-D mesh shards within
+    groups of that many ranks and replicates across them (HSDP): the per-block gathers stay
+    inside a node and only the gradients' all-reduce crosses the network.
 
     FSDP units (distributed runs): each decoder block; the encoder block; the rest of the
     encoder (zeta, readout) grouped with W_post; the root (embeddings, final norm, head).
@@ -113,26 +196,28 @@ def parallelize(model: torch.nn.Module, ctx: DistContext, *, activation_checkpoi
     W_post stays gathered from the encoder's forward through the backward, and its
     gradient is reduce-scattered once the encoder's backward is done.
     """
+    policy = {True: "full", False: "none"}.get(activation_checkpointing,
+                                               activation_checkpointing)
+    if policy not in CHECKPOINTING:
+        raise ValueError(f"activation checkpointing {policy!r}: expected one of "
+                         f"{', '.join(CHECKPOINTING)}")
     encoder = getattr(model, "encoder", None)
     post_sampler = getattr(model, "post_sampler", None)
-    if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            checkpoint_wrapper)
+    if policy != "none":
         for i, block in enumerate(model.blocks):
-            model.blocks[i] = checkpoint_wrapper(block)
+            model.blocks[i] = _checkpointed(block, policy)
         if encoder is not None:
             # The encoder block's activations are as large as a decoder block's.
-            encoder.block = checkpoint_wrapper(encoder.block)
+            encoder.block = _checkpointed(encoder.block, policy)
     blocks = list(model.blocks) + ([encoder.block] if encoder is not None else [])
     if compile:
         for block in blocks:
             block.compile()
     if ctx.distributed:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         _quiet_expected_unit_warning()
-        mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+        mesh = ctx.mesh if ctx.mesh is not None else device_mesh(ctx, shard_ranks)
         mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
               if param_dtype is not None else MixedPrecisionPolicy())
         for block in blocks:

@@ -9,6 +9,7 @@ sees the same Z per sequence as a single process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -28,7 +29,8 @@ from ftbench.model.factory import build_model, init_weights, param_seed
 from ftbench.objective import free_transformer_loss, lm_loss, nats_to_bits
 from ftbench.training.arms import Arm
 from ftbench.training.checkpoint import Checkpointer
-from ftbench.training.distributed import DistContext, all_reduce_mean, parallelize
+from ftbench.training.distributed import (DistContext, all_reduce_mean, checkpoint_policy,
+                                          parallelize)
 from ftbench.training.hardware import PeakMemory, load_average, peak_flops
 from ftbench.training.schedule import lr_at
 from ftbench.training.trackers import TrackerSet, open_trackers
@@ -123,6 +125,23 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     Runs in the training's micro-batches (a step's per-rank batch would not fit where
     training needs run.grad_accum), one forward at a time; Z is drawn per global row, so
     the figures do not depend on the world size or the micro-batch."""
+    keys, means, latent = validation_sums(model, arm, val, cfg, ctx, amp, cfg.run.val_batches)
+    out = {f"val_{k}": v for k, v in zip(keys, means.tolist())}
+    if latent is not None:
+        info = latent.result()
+        out.update(val_mi_bits=info.mi_bits, val_logit_std=info.logit_std)
+        if info.mi_content_bits is not None:
+            out["val_mi_content_bits"] = info.mi_content_bits
+    return out
+
+
+@torch.no_grad()
+def validation_sums(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext,
+                    amp: torch.dtype | None, batches: int,
+                    micro_batches: int | None = None):
+    """validate()'s device work: (keys, their global means as one device tensor, the
+    latent accumulator with every rank's sums). Reads nothing back to the host, so it
+    also runs on fake tensors (ftbench.doctor.rehearsal); `micro_batches` stops early."""
     model.eval()
     T = cfg.data.seq_len
     n_windows = (len(val) - 1) // T
@@ -133,8 +152,12 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     sums: dict[str, torch.Tensor] = {}
     count = 0
     latent = LatentInfoAccumulator() if arm.arch == "free" else None
-    for b in range(cfg.run.val_batches):
+    done = 0
+    for b in range(batches):
         for m in range(0, per_rank, micro):
+            if micro_batches is not None and done >= micro_batches:
+                break
+            done += 1
             first = b * cfg.run.batch_size + ctx.rank * per_rank + m
             rows = range(first, first + micro)
             batch = torch.from_numpy(np.stack([
@@ -162,17 +185,12 @@ def validate(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: DistContext
     model.train()
     keys = sorted(sums)
     # Every rank scores as many rows: the mean of the ranks' means is the global mean.
-    means = all_reduce_mean(torch.stack([sums[k] for k in keys]) / count, ctx).tolist()
-    out = {f"val_{k}": v for k, v in zip(keys, means)}
+    means = all_reduce_mean(torch.stack([sums[k] for k in keys]) / count, ctx)
     if latent is not None:
         # Sums from every rank (their mean: the estimate uses ratios of sums only).
         latent.load_tensors([None if t is None else all_reduce_mean(t, ctx)
                              for t in latent.tensors()])
-        info = latent.result()
-        out.update(val_mi_bits=info.mi_bits, val_logit_std=info.logit_std)
-        if info.mi_content_bits is not None:
-            out["val_mi_content_bits"] = info.mi_content_bits
-    return out
+    return keys, means, latent
 
 
 class MetricsLog:
@@ -215,8 +233,9 @@ class MetricsLog:
 def build_arm_model(arm: Arm, cfg: PairConfig, ctx: DistContext) -> torch.nn.Module:
     """Meta build, parallelize, materialise, init from the pair seed (shared weights match)."""
     model = build_model(arm.model, arm.arch, device="meta")
-    model = parallelize(model, ctx, activation_checkpointing=cfg.run.activation_checkpointing,
-                        compile=cfg.run.compile, param_dtype=autocast_dtype(cfg, ctx.device))
+    model = parallelize(model, ctx, activation_checkpointing=checkpoint_policy(cfg.run),
+                        compile=cfg.run.compile, param_dtype=autocast_dtype(cfg, ctx.device),
+                        shard_ranks=cfg.run.shard_ranks)
     model = model.to_empty(device=ctx.device)
     init_weights(model, cfg.run.seed)
     return model.train()
@@ -230,8 +249,34 @@ def make_optimizer(model: torch.nn.Module, cfg: PairConfig) -> torch.optim.Optim
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(not hasattr(p, "device_mesh") for p in model.parameters())
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
+    # Fused: one kernel per tensor instead of foreach's passes and its temporary the size
+    # of the parameters; torch runs it over FSDP2's sharded parameters too.
+    fused = {"auto": True, "on": True, "off": None}[o.fused]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
+
+
+def train_step(model, arm: Arm, batch: torch.Tensor, cfg: PairConfig, ctx: DistContext,
+               step: int, amp: torch.dtype | None, params: list) -> tuple[list[str], torch.Tensor]:
+    """Forward and backward over the rank's micro-batches, then gradient clipping; returns
+    the loss terms' names and one device tensor of their global means followed by the
+    gradient norm, made by one all-reduce. Nothing is read back to the host (the caller
+    does, once, before the optimiser step), so the step also runs on fake tensors."""
+    r = cfg.run
+    per_rank, micro = micro_rows(cfg, ctx)
+    totals: dict[str, torch.Tensor] = {}
+    for m in range(r.grad_accum):
+        mb = batch[m * micro:(m + 1) * micro]
+        first_row = step * r.batch_size + ctx.rank * per_rank + m * micro
+        losses = forward_loss(model, arm, mb, cfg, f"train/{step}", first_row, amp)
+        (losses["loss"] / r.grad_accum).backward()
+        for k, v in losses.items():  # on the device: no sync per micro-batch
+            totals[k] = totals.get(k, 0.0) + v.detach().float() / r.grad_accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    keys = list(totals)
+    means = all_reduce_mean(torch.stack([totals[k] for k in keys]), ctx)
+    return keys, torch.cat([means, grad_norm.detach().float().reshape(1)])
 
 
 def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: np.ndarray,
@@ -278,22 +323,13 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         lr = lr_at(step, cfg.optim, r.steps)
         for group in optim.param_groups:
             group["lr"] = lr
-        batch = sampler.batch(step, ctx.rank, ctx.world).to(ctx.device)
-        totals: dict[str, torch.Tensor] = {}
-        for m in range(r.grad_accum):
-            mb = batch[m * micro:(m + 1) * micro]
-            first_row = step * r.batch_size + ctx.rank * per_rank + m * micro
-            losses = forward_loss(model, arm, mb, cfg, f"train/{step}", first_row, amp)
-            (losses["loss"] / r.grad_accum).backward()
-            for k, v in losses.items():  # on the device: no sync per micro-batch
-                totals[k] = totals.get(k, 0.0) + v.detach().float() / r.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        # Every metric of the step in one all-reduce of a device tensor, read in one sync.
-        keys = list(totals)
-        means = all_reduce_mean(torch.stack([totals[k] for k in keys]), ctx)
-        *values, grad_norm = torch.cat([means, grad_norm.detach().float().reshape(1)]).tolist()
+        host_batch = sampler.batch(step, ctx.rank, ctx.world)
+        # What this rank was fed, as a digest in the step's record (rank 0's is the one
+        # written): the arms of a pair must show the same digest at every step.
+        batch_digest = hashlib.sha1(host_batch.numpy().tobytes()).hexdigest()[:16]
+        batch = host_batch.to(ctx.device)
+        keys, reduced = train_step(model, arm, batch, cfg, ctx, step, amp, params)
+        *values, grad_norm = reduced.tolist()  # the step's one sync
         metrics_now = dict(zip(keys, values))
         loss_global = metrics_now["loss"]
         if not math.isfinite(loss_global) or not math.isfinite(grad_norm):
@@ -319,7 +355,8 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
                   "mfu": flops_per_token * rate / peak / ctx.world if peak else None,
                   "peak_memory_bytes": memory.peak(),
                   "train_flops_per_token": flops_per_token,
-                  "flop_ratio_vs_baseline": flops_per_token / baseline_flops}
+                  "flop_ratio_vs_baseline": flops_per_token / baseline_flops,
+                  "batch_sha1": batch_digest}
         record.update(metrics_now)
         if arm.arch == "free":
             record["kl_bits"] = nats_to_bits(record.pop("kl_nats"))

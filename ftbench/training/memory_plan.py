@@ -21,9 +21,8 @@ The model counts what is alive at each phase of a step, in bytes, and takes the 
     encoder's activations, gradients so far, W_post's dense gradient and the mapper's
     scratch (MapperTiles: codes x tokens fp32 and a (2^H_hi, 1 + H_lo, tokens) sum; under
     plain bf16 autocast also a bf16 copy of W_post for the GEMM).
-- optimiser phase: all gradients; under FSDP2 AdamW runs its foreach path over DTensors,
-  whose square root of the second moment is a temporary the size of the parameters
-  (on one device it runs fused, in place).
+- optimiser phase: all gradients; AdamW runs fused, in place (with optim.fused off, its
+  foreach path over FSDP2's DTensors needs a temporary the size of the sharded parameters).
 
 Saved activations per token and decoder block, in elements (read off what the ops save
 for backward, with SDPA's flash kernel): the block input and its norm (2D), q and k
@@ -88,11 +87,26 @@ def _block_params(cfg: ModelConfig) -> int:
     return 2 * D * D + 2 * D * Dkv + 3 * D * F + 2 * D
 
 
+def _selective_saved(cfg: ModelConfig, a: int, r: int) -> int:
+    """Bytes a block keeps per token under selective checkpointing: its input (the
+    checkpoint's) and the outputs of its matmuls and attention: q, k, v, the attention
+    output, wo, the SwiGLU's gate and up and w2 (4D + 2Dkv + 2F)."""
+    D, Dkv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
+    return D * r + (4 * D + 2 * Dkv + 2 * F) * a
+
+
 def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, world: int = 1,
-               checkpointing: bool = False, bf16: bool = False,
-               device_type: str = "cpu", fsdp: bool | None = None) -> dict:
+               checkpointing: bool | str = False, bf16: bool = False,
+               device_type: str = "cpu", fsdp: bool | None = None,
+               fused_optimizer: bool = True) -> dict:
     """Predicted peak bytes per rank of one training step of one arm, by component.
-    `fsdp`: whether FSDP2 wraps the model (default: on more than one rank)."""
+    `world`: the ranks each parameter is sharded over (all ranks, or one node's under
+    HSDP). `fsdp`: whether FSDP2 wraps the model (default: on more than one rank).
+    `checkpointing`: False/"none", True/"full" or "selective" (see
+    ftbench.training.distributed.parallelize). `fused_optimizer`: AdamW's fused kernel,
+    which updates in place (the foreach path needs a temporary the size of the
+    parameters)."""
+    policy = {True: "full", False: "none"}.get(checkpointing, checkpointing)
     from ftbench.model.binary_mapper import MapperTiles
     from ftbench.model.linear_cross_entropy import chunk_tokens
 
@@ -119,9 +133,13 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
                            + V * D) if bf16 and not mixed else 0.0
 
     block = _block_act(cfg, a, r) * N
-    if checkpointing:
+    if policy == "full":
         blocks_saved = (L + (1 if free else 0)) * D * N * r
         recompute = block
+    elif policy == "selective":
+        kept = _selective_saved(cfg, a, r) * N
+        blocks_saved = (L + (1 if free else 0)) * kept
+        recompute = max(0, block - kept)
     else:
         blocks_saved = (L + (1 if free else 0)) * block
         recompute = 0.0
@@ -151,16 +169,18 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         if bf16 and not mixed:  # the GEMM's bf16 copy of W_post, made once per backward
             scratch += 2 * cost.params_post_sampler
         half = L // 2
-        acts_lower = (half + 1) * (D * r if checkpointing else _block_act(cfg, a, r)) * N
+        per_block = {"full": D * r, "selective": _selective_saved(cfg, a, r)}.get(
+            policy, _block_act(cfg, a, r))
+        acts_lower = (half + 1) * per_block * N
         grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
         mapper_phase = acts_lower + free_extra + grads_upper + 4 * cost.params_post_sampler \
             + scratch
     # Gathered units and autocast's copies live from the forward through the backward;
-    # by the optimiser step FSDP2 has resharded and autograd has let the copies go. AdamW
-    # over DTensors runs its foreach path, whose sqrt of the second moment is a temporary
-    # the size of the (sharded) parameters; on plain tensors it runs fused, in place.
+    # by the optimiser step FSDP2 has resharded and autograd has let the copies go. AdamW's
+    # foreach path over DTensors makes a temporary the size of the sharded parameters
+    # (sqrt of the second moment); the fused kernel updates in place.
     compute = gathered + autocast_copies
-    foreach_temp = 4 * P / world if sharded else 0.0
+    foreach_temp = 4 * P / world if sharded and not fused_optimizer else 0.0
     phases = {"head": head_phase + compute, "block_backward": block_phase + compute,
               "mapper": mapper_phase + compute if free else 0.0,
               "optimizer": grads + foreach_temp}
@@ -168,7 +188,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     static = params + optimizer
     return {
         "arch": arch, "params": P, "world_size": world, "micro_batch": micro_batch,
-        "seq_len": seq_len, "checkpointing": checkpointing, "bf16": bf16,
+        "seq_len": seq_len, "checkpointing": policy, "bf16": bf16,
         "mixed_precision_policy": mixed,
         "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
                   "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
@@ -214,15 +234,19 @@ def gpus_needed(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *,
 
 
 def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str | None = None,
-                device_type: str | None = None, vocab_size: int | None = None) -> dict:
+                device_type: str | None = None, vocab_size: int | None = None,
+                ranks_per_node: int | None = None) -> dict:
     """Peak memory per rank for every arm of a resolved pair config at `world_size`, by
     component, with and without activation checkpointing; with `device_memory` (bytes or
     '80GB'), the largest per-device batch that fits and the ranks a 1-sequence micro-batch
     needs. Device type: cuda when a device memory is given, else this machine's.
-    `vocab_size`: the prepared tokenizer's, when known (default: the config's)."""
+    `vocab_size`: the prepared tokenizer's, when known (default: the config's).
+    `ranks_per_node`: where the job spans nodes, run.shard_ranks 0 shards within one
+    (HSDP), so each rank holds a node's share of the weights, not the job's."""
     import torch
 
     from ftbench.training.arms import pair_arms
+    from ftbench.training.distributed import shard_ranks
 
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -234,29 +258,33 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
         raise ValueError(f"run.batch_size={cfg.run.batch_size} is not divisible by "
                          f"world_size={world_size}")
     micro = max(1, cfg.run.batch_size // world_size // cfg.run.grad_accum)
+    shard = shard_ranks(world_size, ranks_per_node, cfg.run.shard_ranks)
+    policy = cfg.run.checkpoint_policy
     mem = parse_memory(device_memory) if device_memory is not None else None
     usable = usable_memory(mem, device_type) if mem is not None else None
     out = {"size": cfg.size, "world_size": world_size, "device_type": device_type,
            "dtype": "bfloat16" if bf16 else "float32", "seq_len": T, "micro_batch": micro,
-           "grad_accum": cfg.run.grad_accum,
+           "grad_accum": cfg.run.grad_accum, "shard_ranks": shard,
+           "checkpoint_policy": policy,
            "device_memory": mem, "usable_memory": usable,
            "run_checkpointing": cfg.run.activation_checkpointing, "arms": {}}
     for arm in pair_arms(cfg, vocab_size or cfg.model.vocab_size):
         row = {}
-        for ckpt in (False, True):
-            key = "checkpointing" if ckpt else "no_checkpointing"
+        for ckpt in ("none", policy):
+            key = "checkpointing" if ckpt != "none" else "no_checkpointing"
             est = arm_memory(arm.model, arm.arch, seq_len=T, micro_batch=micro,
-                             world=world_size, checkpointing=ckpt, bf16=bf16,
-                             device_type=device_type)
+                             world=shard, checkpointing=ckpt, bf16=bf16,
+                             device_type=device_type, fsdp=world_size > 1,
+                             fused_optimizer=cfg.optim.fused != "off")
             if usable is not None:
                 est["max_micro_batch"] = max_micro_batch(
-                    arm.model, arm.arch, T, usable, world=world_size, checkpointing=ckpt,
+                    arm.model, arm.arch, T, usable, world=shard, checkpointing=ckpt,
                     bf16=bf16, device_type=device_type)
                 est["fits"] = est["peak_bytes"] <= usable
                 est["gpus_needed"] = gpus_needed(arm.model, arm.arch, T, usable,
                                                  checkpointing=ckpt, bf16=bf16)
                 est["one_sequence_bytes"] = arm_memory(
-                    arm.model, arm.arch, seq_len=T, micro_batch=1, world=world_size,
+                    arm.model, arm.arch, seq_len=T, micro_batch=1, world=shard,
                     checkpointing=ckpt, bf16=bf16, device_type=device_type)["peak_bytes"]
             row[key] = est
         out["arms"][arm.name] = row
@@ -337,7 +365,7 @@ def device_memory_of(device) -> int | None:
 
 
 def check_fits(cfg: PairConfig, world_size: int, device_memory: int | str | None, device,
-               vocab_size: int | None = None) -> dict | None:
+               vocab_size: int | None = None, ranks_per_node: int | None = None) -> dict | None:
     """Hold every arm's planned peak against the device's memory (`device_memory`, else a
     GPU's own); MemoryPlanError, naming what does not fit and a setting that would, if
     any arm does not. None when there is nothing to check against (CPU, no memory given)."""
@@ -350,7 +378,7 @@ def check_fits(cfg: PairConfig, world_size: int, device_memory: int | str | None
             return None
     try:
         plan = memory_plan(cfg, world_size, device_memory, device_type=device.type,
-                           vocab_size=vocab_size)
+                           vocab_size=vocab_size, ranks_per_node=ranks_per_node)
     except ValueError as e:  # a batch that does not split over the ranks
         raise MemoryPlanError(str(e)) from None
     bad = run_fits(plan)

@@ -40,15 +40,20 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
     legacy = {k: v for k, v in dataclasses.asdict(cfg.run).items()
               if k not in FREE_TO_CHANGE or k == "grad_accum"}
     return {"arm": arm.name, "model": h(dataclasses.asdict(arm.model)), "kappa_bits": arm.kappa_bits,
-            "optim": h(dataclasses.asdict(cfg.optim)), "run": h(run), "data": data_key,
+            "optim": h({k: v for k, v in dataclasses.asdict(cfg.optim).items()
+                        if k not in OPTIM_FREE_TO_CHANGE}),
+            "run": h(run), "data": data_key,
             ACCEPTED_RUN: [h(legacy)]}
 
 
 # grad_accum splits the same global batch (Z is drawn per global row), so a run may resume
-# on other hardware with another split.
+# on other hardware with another split; checkpointing, compile and sharding change how a
+# step is computed, not what it computes.
 FREE_TO_CHANGE = ("checkpoint_every", "eval_every", "val_batches", "out_dir", "compile",
                   "activation_checkpointing", "matched_control", "trackers", "grad_accum",
-                  "timeout_minutes")
+                  "timeout_minutes", "checkpoint_policy", "shard_ranks")
+# How AdamW runs (fused or foreach) changes rounding, not the run.
+OPTIM_FREE_TO_CHANGE = ("fused",)
 
 
 def dry_run(cfg: PairConfig, vocab_size: int | None = None, world_size: int = 1,
@@ -153,7 +158,7 @@ def train_pair(cfg: PairConfig, *, log: Callable[[str], None] = print,
     planned = planned_tokens(cfg)
     check_repetition(cfg, planned, "plans")  # before any work: a wrong budget fails at once
     vocab, _ = known_vocab(cfg, prepared_index(cfg))
-    check_fits(cfg, ctx.world, device_memory, ctx.device, vocab)
+    check_fits(cfg, ctx.world, device_memory, ctx.device, vocab, ctx.ranks_per_node)
     resolve_data_dir(cfg.data.data_dir)  # a missing mirror is an error even when data is built
     require_trackers(cfg.run.trackers)  # a missing dashboard package, before hours of data prep
     created = _new_dirs(root) if ctx.is_main else []
