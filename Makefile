@@ -8,14 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftbench-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-mutation bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,evalplus-deps,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,evalplus-deps,tensorboard,wandb]"
 	$(BIN)/python -m pip install -q --no-deps "evalplus==0.3.1"
 	touch $(STAMP)
 
@@ -41,6 +41,12 @@ TEST_WORKERS ?= auto
 test: $(STAMP)
 	FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not gpu" \
 		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+## Mutation testing (mutmut) of the modules whose numbers go into papers, each against the
+## tests that target it: killed / survived / timed out per module (docs/development.md).
+MUTATION_JOBS ?= 2
+test-mutation: $(STAMP)
+	$(BIN)/python tests/mutation/run_mutation.py --jobs $(MUTATION_JOBS)
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py

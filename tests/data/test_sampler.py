@@ -60,3 +60,17 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
     s = BatchSampler(TOKENS, seq_len=8, batch_size=6, seed=1)
     with pytest.raises(ValueError, match="batch size 6 is not divisible by 4 ranks"):
         s.batch(0, rank=0, world=4)
+
+
+def test_an_epoch_permutation_is_drawn_once_not_per_sample(monkeypatch):
+    # At the paper's sizes an epoch has millions of windows: drawing its permutation for
+    # every sample would cost more than the step. One draw per epoch, reused.
+    calls = []
+    real = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: calls.append(seed) or real(seed))
+    s = BatchSampler(TOKENS, seq_len=16, batch_size=4, seed=3)
+    s.window_ids(0)
+    assert len(calls) == 1
+    s.window_ids(1)  # crosses into epoch 1: one more draw
+    s.window_ids(2)
+    assert [list(c) for c in calls] == [[3, 0], [3, 1]]

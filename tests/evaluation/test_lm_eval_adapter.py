@@ -125,7 +125,21 @@ def test_rolling_windows_cover_texts_longer_than_the_context(pair_dir):
     totals = lm.loglikelihood_rolling(
         [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0)
          for t in (short, long)], disable_tqdm=True)
-    assert totals[1] < totals[0] < 0  # 4x the tokens, each scored once
+    assert totals[1] < totals[0] < 0
+    # The long text's total is the sum over all of lm-eval's windows (about 200 tokens in
+    # windows of 64) of a direct forward per window: each token scored once, none dropped.
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    ids = lm.tok_encode(long)
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+        token_list=ids, prefix_token=lm.eot_token_id, max_seq_len=64, context_len=1)]
+    assert len(windows) >= 4 and sum(len(c) for _, c in windows) == len(ids)
+    ref = 0.0
+    for ctx, cont in windows:
+        with torch.no_grad():
+            logp = F.log_softmax(lm.model(torch.tensor([ctx + cont[:-1]])).logits_BTV[0], -1)
+        ref += sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert abs(totals[1] - ref) < 1e-4 * len(ids)
 
 
 def test_generation_shortened_to_fit_the_context_is_counted_and_logged(pair_dir, caplog):

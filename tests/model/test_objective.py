@@ -81,3 +81,10 @@ def test_bits_and_nats():
     assert abs(bits_to_nats(0.5) - 0.5 * math.log(2)) < 1e-15
     assert abs(nats_to_bits(math.log(8)) - 3.0) < 1e-12
     assert abs(nats_to_bits(bits_to_nats(1.7)) - 1.7) < 1e-12
+
+
+def test_a_single_kept_token_is_its_own_mean():
+    kl = torch.tensor([[0.5, 3.0, 7.0]])
+    one = torch.tensor([[False, True, False]])
+    out = free_transformer_loss(torch.tensor(0.0), kl, 1.0, one)
+    assert float(out["hinge"]) == 2.0 and float(out["kl_nats"]) == 3.0

@@ -211,7 +211,8 @@ def test_relative_gain_is_undefined_for_a_zero_baseline_and_warns_nothing():
     (np.zeros((1, 3)), np.zeros(3)),    # same size, different shape
 ])
 def test_compare_refuses_what_is_not_two_paired_vectors(base, other):
-    with pytest.raises(ValueError, match="non-empty 1-D arrays of paired outcomes"):
+    with pytest.raises(ValueError,
+                       match=r"^compare needs two non-empty 1-D arrays of paired outcomes$"):
         compare(base, other)
 
 

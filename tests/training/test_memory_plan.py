@@ -8,7 +8,13 @@ from ftbench.doctor.memory import measure_many, step_config
 from ftbench.training.memory_plan import (GiB, arm_memory, format_memory_plan, gpus_needed,
                                           max_micro_batch, memory_plan, parse_memory)
 
-TOL = 0.20  # measured gaps are within a few percent (docs/training.md gives the figures)
+# The tolerances come from the errors they must catch, not from what passed. Measured
+# fp32 gaps are -2.9 ... +2.5 % (docs/training.md); 5 % leaves room for them and still
+# fails a plan that forgets AdamW's two moments where they matter (half of the planned
+# peak where parameters and optimizer state dominate: test_prediction_holds_when_state_
+# dominates) or a term worth 5 % of any peak. bf16 gaps are -9.3 ... -0.1 %: 12 %.
+TOL = 0.05
+TOL_BF16 = 0.12
 ARCHES = ("baseline", "free")
 # (size, checkpointing) at 8 x 256 tokens, where activations dominate: the head phase is the
 # peak. Toy without checkpointing is test_prediction_holds_at_toy.
@@ -58,7 +64,12 @@ def test_prediction_holds_at_cpu_sizes(cpu_size_peaks, size, arch, ckpt):
 
 @pytest.mark.slow
 def test_prediction_holds_when_state_dominates(cpu_size_peaks):
+    size, arch, batch, seq, ckpt = STATE_DOMINATES
+    want = arm_memory(step_config(size, batch, seq, ckpt).model, arch, seq_len=seq,
+                      micro_batch=batch, checkpointing=ckpt)
     _check(cpu_size_peaks, *STATE_DOMINATES)
+    # AdamW's moments are half this peak: forgetting them is ten times the tolerance.
+    assert want["bytes"]["optimizer"] / want["peak_bytes"] > 2 * TOL
 
 
 def test_parse_memory():
@@ -127,7 +138,7 @@ def test_prediction_holds_in_bf16_with_and_without_fsdp():
                           bf16=True, fsdp=fsdp)
         assert want["mixed_precision_policy"] == fsdp
         ratio = want["peak_bytes"] / measured["peak_bytes"]
-        assert abs(ratio - 1) <= TOL, (case, measured["peak_bytes"], want["peak_bytes"])
+        assert abs(ratio - 1) <= TOL_BF16, (case, measured["peak_bytes"], want["peak_bytes"])
 
 
 @pytest.mark.slow
