@@ -104,3 +104,19 @@ def test_untied_embeddings_and_another_sequence_length():
     assert free.train_flops_per_token == 3 * (fwd + enc) + 2 * 65_536 * 256 + 2 * 65_536 * 17
     assert free.as_dict()["params_post_sampler"] == 65_536 * 256
     assert free.as_dict()["seq_len"] == 100 and free.as_dict()["arch"] == "free"
+
+
+def test_recomputed_flops_of_activation_checkpointing_by_hand():
+    # Full checkpointing runs each block's forward again but the SwiGLU's down projection:
+    # toy, per block 2 x (61,440 - 64 x 256) = 90,112 matmul FLOPs and 2 x 257 x 64
+    # causal attention; the Free model's encoder block adds 90,112 + 4 x 256 x 64.
+    from ftbench.model.accounting import recompute_flops_per_token
+
+    toy = get_preset("toy")
+    assert recompute_flops_per_token(toy, "baseline") == 4 * (90_112 + 2 * 257 * 64)
+    assert recompute_flops_per_token(toy, "free") == 4 * (90_112 + 2 * 257 * 64) \
+        + 90_112 + 4 * 256 * 64
+    assert recompute_flops_per_token(toy, "free", seq_len=100, checkpointing="full") == \
+        4 * (90_112 + 2 * 101 * 64) + 90_112 + 4 * 100 * 64
+    assert recompute_flops_per_token(toy, "free", checkpointing="selective") == 0.0
+    assert isinstance(recompute_flops_per_token(toy, "baseline"), float)
