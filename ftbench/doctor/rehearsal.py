@@ -10,7 +10,9 @@ micro-batch (`validation_sums`). Tensors are fake (torch's FakeTensorMode: shape
 and devices, no data, no arithmetic), so the paper's 1.5B and 8B shapes run on a CPU; the
 process group is torch's fake backend, so FSDP2 shards, gathers and reduces as rank 0 of N
 would. Every rank holds shards and micro-batches of one size (FSDP2 pads uneven shards),
-so rank 0 stands for all of them.
+so rank 0 stands for all of them. A world of one is traced as a rank of a sharded run
+(FSDP2 over a group of one, as a one-GPU check of a multi-GPU run does); `train-pair` on
+a single device does not shard, and keeps plain autocast's bf16 weight copies instead.
 
 What is recorded (ftbench.doctor.tracing): peak memory per rank by category, FLOPs of
 matmuls and attention, bytes moved by memory-bound ops, and every collective with its
@@ -107,7 +109,10 @@ def rehearse_arm(spec: RehearsalSpec) -> dict:
     binary_mapper.MapperTiles.for_device_type = staticmethod(lambda device_type: cuda_tiles)
     if not dist.is_initialized():
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=spec.world)
-    ctx = DistContext(0, spec.world, 0, torch.device("cpu"), ranks_per_node=per_node)
+    # At one rank the model is sharded over a group of one: modules made on the meta
+    # device cannot be moved onto fake tensors unless FSDP2 owns their parameters.
+    ctx = DistContext(0, spec.world, 0, torch.device("cpu"), ranks_per_node=per_node,
+                      one_rank_fsdp=spec.world == 1)
     # Outside fake mode: building a mesh reads real tensors.
     ctx = dataclasses.replace(ctx, mesh=device_mesh(ctx, cfg.run.shard_ranks))
     from ftbench.training.distributed import shard_ranks

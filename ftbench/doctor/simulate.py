@@ -73,7 +73,7 @@ def simulate(cfg, world: int, nodes: int = 1, gpu: str = "h100", layers: int | N
         # Memory: traced (training step) vs planned, both at the traced depth.
         plan = arm_memory(model_k, arch, seq_len=T, micro_batch=trace["micro_batch"],
                           world=trace["shard_ranks"], checkpointing=trace["checkpointing"],
-                          bf16=True, device_type="cuda", fsdp=world > 1,
+                          bf16=True, device_type="cuda", fsdp=True,
                           fused_optimizer=trace["fused_adamw"])
         traced = trace["memory"]["train_peak"]["total"]
         gap = traced / plan["peak_bytes"] - 1
