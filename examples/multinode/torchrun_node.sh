@@ -47,4 +47,23 @@ if [ -n "${FTBENCH_DRY_RUN:-}" ]; then
     echo "${LAUNCH[*]}"
     exit 0
 fi
+# Node 0 rehearses the run on fake tensors for this job (its world size, nodes and GPU)
+# before it starts; if the rehearsal fails, node 0 never joins and the others time out at
+# the rendezvous. FTBENCH_SKIP_REHEARSAL=1 skips it.
+if [ "$NODE_RANK" -eq 0 ] && [ -z "${FTBENCH_SKIP_REHEARSAL:-}" ]; then
+    SETS=()
+    args=("$@")
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        if [ "${args[$i]}" = "--set" ] && [ $((i + 1)) -lt ${#args[@]} ]; then
+            SETS+=(--set "${args[$((i + 1))]}")
+        fi
+    done
+    GPU_NAME=${FTBENCH_GPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)}
+    ${FTBENCH:-python -m ftbench} doctor --simulate --config "$FTBENCH_CONFIG" \
+        --world-size $((NNODES * NPROC_PER_NODE)) --nodes "$NNODES" --gpu "${GPU_NAME:-h100}" \
+        --layers 2 "${SETS[@]}" || {
+        echo "error: the rehearsal failed, this node does not start: a FAIL row above names what would break on the GPUs; FTBENCH_SKIP_REHEARSAL=1 starts anyway" >&2
+        exit 2
+    }
+fi
 exec "${LAUNCH[@]}"

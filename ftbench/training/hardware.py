@@ -40,11 +40,15 @@ GPUS = {
 
 
 def gpu_spec(name: str) -> GPUSpec:
-    """A GPUS entry by key (h100, h200, a100, ...)."""
+    """A GPUS entry by key (h100, h200, a100, ...) or by the name a GPU reports
+    (nvidia-smi, torch.cuda.get_device_name: "NVIDIA H100 80GB HBM3")."""
     key = name.lower().replace(" ", "-")
-    if key not in GPUS:
-        raise ValueError(f"unknown GPU {name!r}: one of {', '.join(GPUS)}")
-    return GPUS[key]
+    if key in GPUS:
+        return GPUS[key]
+    spec = spec_of_device_name(name)
+    if spec is None:
+        raise ValueError(f"unknown GPU {name!r}: give one of {', '.join(GPUS)}")
+    return spec
 
 
 def spec_of_device_name(device_name: str) -> GPUSpec | None:

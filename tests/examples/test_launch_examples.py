@@ -89,7 +89,7 @@ def test_bad_node_rank_and_config_are_explained():
     assert out.returncode == 2 and "not a file" in out.stderr
 
 
-def _cluster(tmp_path, ftbench_exit=0, nvidia_smi=True):
+def _cluster(tmp_path, ftbench_exit=0, nvidia_smi=True, rehearsal_exit=0):
     """A PATH holding stand-ins for the cluster's tools (each appends its argv to one log,
     so the order of the calls shows too) and the few real tools the script needs, and
     nothing else: no real srun or nvidia-smi is ever reached."""
@@ -97,10 +97,12 @@ def _cluster(tmp_path, ftbench_exit=0, nvidia_smi=True):
     bin_dir.mkdir()
     for name in ("bash", "sed", "sort", "head"):
         (bin_dir / name).symlink_to(shutil.which(name))
-    fakes = {"ftbench": f"echo 'memory plan: every arm fits'\nexit {ftbench_exit}",
+    fakes = {"ftbench": f"[ \"$1\" = doctor ] && exit {rehearsal_exit}\n"
+                        f"echo 'memory plan: every arm fits'\nexit {ftbench_exit}",
              "srun": "exit 0"}
     if nvidia_smi:  # two GPUs of the node, as nvidia-smi prints them: MiB, no unit
-        fakes["nvidia-smi"] = "printf '81559\\n81559\\n'"
+        fakes["nvidia-smi"] = ("printf '81559, NVIDIA H100 80GB HBM3\\n"
+                               "81559, NVIDIA H100 80GB HBM3\\n'")
     for name, body in fakes.items():
         path = bin_dir / name
         path.write_text(f"#!/bin/bash\nprintf '%q ' {name} \"$@\" >> {log}\necho >> {log}\n"
@@ -119,11 +121,16 @@ def test_sbatch_precheck_gets_the_allocation_world_size_and_gpu_memory(tmp_path)
     assert out.returncode == 0, out.stderr
     calls = _calls(log)
     # 4 nodes x 8 GPUs = 32 ranks; 81559 MiB per GPU as nvidia-smi printed it.
-    assert calls[0] == ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    assert calls[0] == ["nvidia-smi", "--query-gpu=memory.total,name",
+                        "--format=csv,noheader,nounits"]
     assert calls[1] == ["ftbench", "train-pair", "--config", CONFIG, "--dry-run",
                         "--world-size", "32", "--device-memory", "81559MiB",
                         "--set", "run.name=big"]
-    assert calls[2][:2] == ["srun", "--kill-on-bad-exit=1"] and len(calls) == 3
+    # The rehearsal for this allocation: its ranks, nodes and GPU, the same overrides.
+    assert calls[2] == ["ftbench", "doctor", "--simulate", "--config", CONFIG,
+                        "--world-size", "32", "--nodes", "4", "--gpu",
+                        "NVIDIA H100 80GB HBM3", "--layers", "2", "--set", "run.name=big"]
+    assert calls[3][:2] == ["srun", "--kill-on-bad-exit=1"] and len(calls) == 4
     assert "memory plan: every arm fits" in out.stdout  # the plan lands in the job log
 
 
@@ -144,4 +151,13 @@ def test_sbatch_precheck_without_nvidia_smi_still_gets_the_world_size(tmp_path):
     calls = _calls(log)
     assert calls[0] == ["ftbench", "train-pair", "--config", CONFIG, "--dry-run",
                         "--world-size", "32"]
-    assert calls[1][0] == "srun"
+    assert calls[1][:2] == ["ftbench", "doctor"] and calls[1][calls[1].index("--gpu") + 1] == "h100"
+    assert calls[2][0] == "srun"
+
+
+def test_sbatch_stops_before_srun_when_the_rehearsal_fails(tmp_path):
+    env, log = _cluster(tmp_path, rehearsal_exit=1)
+    out = _run(SBATCH, env)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert [c[:2] for c in _calls(log)][-1] == ["ftbench", "doctor"]  # srun never ran
+    assert "the rehearsal failed" in out.stderr

@@ -1,0 +1,115 @@
+"""The paper's 1.5B run rehearsed on this CPU (ftbench doctor --simulate), and the
+throughput recipe compared option by option on its roofline.
+
+1. The full 28-layer 1.5B step of both arms (and the matched control) at 8 ranks, traced
+   at full depth: every row, the trace time, the estimated Free/baseline step-time ratio
+   on 8 x H100 with its terms beside the FLOP ratio and the paper's 1.036.
+2. Each recipe option at 1.5B on 8 x H100 (traced at 2 and 4 layers, extrapolated to 28):
+   activation checkpointing none / full / selective, AdamW fused / foreach, and across 4
+   nodes (32 GPUs) HSDP (shard within a node) against one FSDP group over all ranks;
+   estimated tokens/s and peak memory per rank side by side. Per-block compile cannot run
+   on fake tensors: its row is the most it could give, if fusion removed every block's
+   memory-bound traffic (the part of the step that grows with depth outside matmuls).
+
+Usage: python benchmarks/bench_rehearsal.py [--skip-full] [--gpu h100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+GiB = 2**30
+
+
+def run(cfg, world, nodes, gpu, layers, arms=None):
+    from ftbench.doctor.simulate import simulate
+
+    return simulate(cfg, world, nodes, gpu, layers, arms)
+
+
+def full_depth(gpu: str) -> dict:
+    from ftbench.api import resolve_pair_config
+
+    cfg = resolve_pair_config(None, "1.5b", [])
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    r = run(cfg, 8, 1, gpu, None)
+    wall = time.perf_counter() - t0
+    print(f"\n## Full 1.5B (28 layers), 8 ranks, {r['gpu']}: rehearsal took {wall:.0f} s "
+          f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+    for row in r["rows"]:
+        print(f"{'PASS' if row['passed'] else 'FAIL'}  {row['name']}: {row['measured']}  "
+              f"[{row['expected']}]")
+    for name, a in r["arms"].items():
+        print(f"  {name}: traced in {a['trace']['trace_seconds']:.0f} s")
+    if r["ratio"]:
+        t = r["ratio"]["terms"]
+        print(f"Free/baseline step time {r['ratio']['time']:.3f}; FLOPs {r['ratio']['flops']:.3f};"
+              f" paper {r['ratio']['paper_1p5b']}; by term: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
+    return {"seconds": wall, "result": r}
+
+
+def recipes(gpu: str) -> list[dict]:
+    from ftbench.api import resolve_pair_config
+
+    variants = [
+        ("checkpointing full (config)", [], 8, 1),
+        ("checkpointing selective", ["run.checkpoint_policy=selective"], 8, 1),
+        ("checkpointing none", ["run.activation_checkpointing=false"], 8, 1),
+        ("AdamW foreach", ["optim.fused=off"], 8, 1),
+        ("4 nodes, HSDP (shard 8)", [], 32, 4),
+        ("4 nodes, FSDP over 32", ["run.shard_ranks=32"], 32, 4),
+    ]
+    out = []
+    print(f"\n## Recipe options at 1.5B on {gpu} (traced at 2 and 4 layers, extrapolated to 28)")
+    print(f"{'option':30s} {'arm':10s} {'tokens/s/GPU':>13s} {'MFU':>6s} {'step ms':>8s} "
+          f"{'peak GiB':>9s} {'fits':>5s} {'bound by':>14s}")
+    for label, sets, world, nodes in variants:
+        cfg = resolve_pair_config(None, "1.5b", sets)
+        r = run(cfg, world, nodes, gpu, 2, arms=["baseline", "free"])
+        for name, a in r["arms"].items():
+            fits = next(x["passed"] for x in r["rows"]
+                        if x["name"].startswith(name) and "fits" in x["name"])
+            row = {"option": label, "arm": name, "world": world, "nodes": nodes,
+                   "tokens_per_s_per_gpu": a["throughput"]["tokens_per_s_per_gpu"],
+                   "mfu": a["throughput"]["mfu"], "step_s": a["timing"]["step_s"],
+                   "peak_bytes": a["peak_bytes_full_depth"], "fits": fits,
+                   "bound_by": a["timing"]["bound_by"], "timing": a["timing"]}
+            out.append(row)
+            print(f"{label:30s} {name[:10]:10s} {row['tokens_per_s_per_gpu']:13,.0f} "
+                  f"{row['mfu']:6.1%} {row['step_s'] * 1e3:8.0f} {row['peak_bytes'] / GiB:9.2f} "
+                  f"{'yes' if fits else 'NO':>5s} {row['bound_by']:>14s}")
+    # Compile's ceiling: the depth-dependent memory-bound time (the blocks' pointwise ops)
+    # of the configured run, if fusion removed all of it.
+    for name in ("baseline", "free-k0p25"):
+        base = next(r for r in out if r["option"].startswith("checkpointing full")
+                    and r["arm"] == name)
+        t = base["timing"]
+        print(f"compile ceiling ({name}): the step's memory-bound time is "
+              f"{t['memory_s'] * 1e3:.0f} ms of {t['step_s'] * 1e3:.0f} ms; removing the "
+              f"blocks' share would save at most that much (see bench_compile.py for what "
+              f"compile gains on this CPU)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gpu", default="h100")
+    ap.add_argument("--skip-full", action="store_true", help="only the recipe comparison")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args()
+    figures = {}
+    if not args.skip_full:
+        figures["full"] = full_depth(args.gpu)
+    figures["recipes"] = recipes(args.gpu)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
