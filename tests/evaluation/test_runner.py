@@ -41,6 +41,61 @@ def test_oracle_scores_one_on_every_lm_eval_task(tmp_path, data_dir, eval_cache)
     assert mmlu["n_items"] == 57 * 3 and len(mmlu["per_item"]) == 57
 
 
+def _anti_oracle(monkeypatch):
+    """Every answer wrong, through the oracle's code paths: the gold choice gets the lowest
+    log-likelihood, GSM8K gets the gold number plus one, code gets a body that fails every
+    test. Scorers that read 1.0 whatever the response would still give it 1.0."""
+    from ftbench.evaluation import evalplus_runner as ep
+    from ftbench.evaluation import oracle
+
+    class AntiOracleLM(oracle.OracleLM):
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return [(-1e9, False) if gold else (0.0, True)
+                    for _, gold in super().loglikelihood(requests, disable_tqdm)]
+
+        def generate_until(self, requests, disable_tqdm=False):
+            out = []
+            for req in requests:
+                n = str(int(oracle.gold_number(req.doc).replace(",", "")) + 1)
+                out.append(f"The answer is {n}.\n#### {n}")
+            return out
+
+    def wrong_samples(problems):
+        return [{"task_id": p["task_id"], "index": 0,
+                 "solution": p["prompt"] + "    raise RuntimeError('wrong on purpose')\n"}
+                for p in problems]
+
+    monkeypatch.setattr(oracle, "OracleLM", AntiOracleLM)
+    monkeypatch.setattr(ep, "oracle_samples", wrong_samples)
+
+
+def test_anti_oracle_scores_zero_on_every_lm_eval_task(tmp_path, data_dir, eval_cache,
+                                                       monkeypatch):
+    _anti_oracle(monkeypatch)
+    tasks = ["gsm8k", "gsm8k_cot", "commonsense_qa", "mmlu"]
+    paths = evaluate_models([None], tasks, EvalSettings(limit=3), tmp_path, str(data_dir),
+                            eval_cache, log=lambda m: None)
+    assert len(paths) == len(tasks)
+    for path in paths:
+        result = read_result(path)
+        top = {k: v for k, v in result["metrics"].items() if "/" not in k}
+        assert top and all(v["value"] == 0.0 for v in top.values()), (path.name, top)
+        assert all(set(items.values()) == {0.0} for items in result["per_item"].values())
+
+
+def test_anti_oracle_scores_zero_on_the_code_tasks(tmp_path, data_dir, eval_cache,
+                                                   monkeypatch):
+    _anti_oracle(monkeypatch)
+    paths = evaluate_models([None], ["humanevalplus", "mbppplus"], EvalSettings(limit=3),
+                            tmp_path, str(data_dir), eval_cache, log=lambda m: None)
+    assert len(paths) == 2
+    for path in paths:
+        result = read_result(path)
+        assert result["metrics"] and all(v["value"] == 0.0
+                                         for v in result["metrics"].values()), result["metrics"]
+        assert all(set(items.values()) == {0.0} for items in result["per_item"].values())
+
+
 class ScriptedLM(LM):
     """Answers GSM8K items with fixed strings, to check extraction and scoring."""
 
