@@ -1,11 +1,15 @@
+import hashlib
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ftbench.evaluation.scoring import (ZProtocol, context_codes, context_key,
-                                        continuation_codes, score_continuations, score_requests)
+from ftbench.evaluation import scoring
+from ftbench.evaluation.scoring import (ZProtocol, autocast_for, context_codes, context_key,
+                                        context_uniforms, continuation_codes,
+                                        score_continuations, score_requests, stream_generator)
 from ftbench.model import build_model
 
 REQUESTS = [([5, 9, 13, 2], [7, 11]), ([40, 41], [3]), ([3, 3, 3, 8, 1, 2, 4], [9, 9, 10]),
@@ -217,3 +221,110 @@ def test_bf16_autocast_path_keeps_log_softmax_in_fp32(toy_cfg):
         per_token = max(abs(x - y) for x, y in zip(a.draws, b.draws)) / len(cont)
         assert per_token < 2e-3, per_token
         assert a.logp != b.logp  # the autocast path did run in bf16
+
+
+# ---- what else a mutation of the scorer could change unseen ------------------------------
+
+def _greedy_tokens(model, ctx, n):
+    out = list(ctx)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits_BTV[0, -1].argmax()))
+    return out[len(ctx):]
+
+
+def test_greedy_flag_of_packed_multi_token_continuations(toy_pair):
+    """A continuation is greedy when every one of its tokens is the argmax; packed beside
+    others of the same context, with a first token that is greedy and a second that is not,
+    or with the greedy tokens followed by more."""
+    base, _ = toy_pair
+    ctx = [5, 9, 13, 2]
+    g = _greedy_tokens(base, ctx, 4)
+    not_second = (g[1] + 1) % base.cfg.vocab_size
+    conts = [g[:3], [g[0], not_second], [7], g[:4], g[:2] + [(g[2] + 1) % 97]]
+    reqs = [(ctx, c) for c in conts]
+    shared = score_continuations(base, reqs, batch_size=8)
+    assert [greedy for _, greedy in shared] == [True, False, False, True, False]
+    for req, (lp, greedy) in zip(reqs, shared):
+        ref_lp, ref_greedy = _direct(base, *req)
+        assert abs(lp - ref_lp) < 1e-9 and greedy == ref_greedy
+
+
+def test_prior_codes_cover_every_code_and_follow_seed_and_draw():
+    key, H = context_key([5, 9, 13]), 6
+    codes = context_codes(None, key, 4000, H, seed=0, draw=0)
+    assert codes.min() == 0 and codes.max() == 2**H - 1 and len(set(codes.tolist())) == 2**H
+    cont = continuation_codes(key, range(4, 4004), H, seed=0, draw=0)
+    assert cont.min() == 0 and cont.max() == 2**H - 1 and len(set(cont.tolist())) == 2**H
+    u = context_uniforms(key, 3000, 2, seed=0, draw=0)
+    assert u.shape == (3000, 2) and not torch.equal(u[0], u[1])
+    assert 0.48 < float(u.mean()) < 0.52  # U(0, 1): mean 1/2, sd of the mean 0.004
+    for other in ({"seed": 1, "draw": 0}, {"seed": 0, "draw": 1}):
+        assert not torch.equal(context_codes(None, key, 50, H, **other), codes[:50])
+        assert not torch.equal(context_uniforms(key, 50, 2, **other), u[:50])
+        assert not torch.equal(continuation_codes(key, range(4, 54), H, **other), cont[:50])
+
+
+def test_z_streams_are_the_recorded_ones():
+    """Results record (seed, draws) so that anyone can reproduce a score: the streams those
+    name must not change between versions. Recorded from this version."""
+    assert context_key([5, 9, 13]) == hashlib.sha256(b"5,9,13").digest()
+    key = context_key([5, 9, 13])
+    assert context_codes(None, key, 6, 6, seed=0, draw=0).tolist() == [10, 27, 52, 59, 49, 17]
+    assert context_codes(None, key, 6, 6, seed=1, draw=0).tolist() == [5, 57, 46, 24, 29, 42]
+    assert context_codes(None, key, 6, 6, seed=0, draw=1).tolist() == [59, 49, 35, 51, 49, 1]
+    u = context_uniforms(key, 2, 3, seed=0, draw=0)
+    assert torch.allclose(u, torch.tensor([[0.9945514798, 0.9168008566, 0.7697747350],
+                                           [0.4998888373, 0.8643751144, 0.6009707451]]))
+    assert continuation_codes(key, [3, 4, 5, 6], 6, seed=0, draw=0).tolist() == [31, 59, 6, 25]
+    assert continuation_codes(key, [3, 4, 5, 6], 16, seed=2, draw=1).tolist() == [
+        18374, 11731, 44905, 58848]
+    x = torch.rand(3, generator=stream_generator(0, key, 0, "x"))
+    assert torch.allclose(x, torch.tensor([0.2160379887, 0.6514164209, 0.5808393359]))
+
+
+def test_autocast_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for amp in (None, "fp32", "auto"):
+        assert isinstance(autocast_for(cpu, amp), nullcontext), amp
+    on = autocast_for(cpu, "bf16")
+    assert isinstance(on, torch.autocast) and on.fast_dtype == torch.bfloat16
+    assert on.device == "cpu"
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else nullcontext():
+        gpu = autocast_for(cuda, "auto")  # bf16 on CUDA by default
+    assert isinstance(gpu, torch.autocast) and gpu.device == "cuda"
+    assert isinstance(autocast_for(cuda, "fp32"), nullcontext)
+
+
+def test_score_continuations_passes_its_settings_on(toy_pair, monkeypatch):
+    _, free = toy_pair
+    ctx, cont = list(range(1, 30)), [7, 8]
+    z = ZProtocol("prior", draws=2, seed=5)
+    (lp,) = score_continuations(free, [(ctx, cont)], z, max_length=10)
+    (ref,) = score_requests(free, [(ctx, cont)], protocols=("prior",), draws=2, seed=5,
+                            max_length=10)["prior"]
+    assert lp[0] == ref.logp
+    (full,) = score_continuations(free, [(ctx, cont)], z)
+    assert full[0] != lp[0]  # truncated to 10 + 1 tokens: another context
+    seen = []
+    real = scoring.autocast_for
+    monkeypatch.setattr(scoring, "autocast_for", lambda d, amp: seen.append(amp) or real(d, amp))
+    score_continuations(free, [(ctx, cont)], z)
+    score_continuations(free, [(ctx, cont)], z, amp=None)
+    assert seen == ["auto", None]
+
+
+def test_z_draws_below_one_are_refused_with_their_value():
+    with pytest.raises(ValueError, match=r"^z draws: must be >= 1, got 0$"):
+        ZProtocol("prior", draws=0)
+
+
+@pytest.mark.parametrize("last", [31, 32])  # 40 + 29 + 29 + 30 = 128 fits; + 1 does not
+def test_packing_at_the_models_length_exactly(toy_pair, last):
+    _, free = toy_pair
+    ctx = list(range(1, 41))
+    reqs = [(ctx, [(5 * i + j) % 97 for j in range(n)]) for i, n in enumerate((30, 30, last))]
+    together = score_requests(free, reqs, protocols=("prior",), draws=2, seed=1)["prior"]
+    for req, s in zip(reqs, together):
+        (alone,) = score_requests(free, [req], protocols=("prior",), draws=2, seed=1)["prior"]
+        assert abs(alone.logp - s.logp) < 1e-9
