@@ -65,11 +65,21 @@ def test_mixture_weights_hold_in_tokens(built):
     for src, got in zip(cfg.sources, idx["sources"]):
         assert abs(got["tokens"] / 120_000 - src.weight / total_w) < 0.02, got["label"]
         assert got["docs"] >= 1
-    # Every token traces back to a document of the source its shard belongs to.
+    # Every token traces back to a document of one of the configured sources, and tracing
+    # is consistent along the stream: the next token is the next one of the same document,
+    # or the first of another.
     stream = out[1].train
-    for i in (0, 50_000, 119_999):
+    labels = {s["label"] for s in idx["sources"]}
+    assert len(labels) == len(cfg.sources)
+    assert trace_token(out[1].directory, idx, stream, 0)["token_in_doc"] == 0
+    for i in (0, 50_000, 119_998):
         where = trace_token(out[1].directory, idx, stream, i)
-        assert where["doc_id"] and where["source"].split(":")[0] in "012345"
+        after = trace_token(out[1].directory, idx, stream, i + 1)
+        assert where["source"] in labels and isinstance(where["doc_id"], str)
+        assert where["doc_id"] and where["token_in_doc"] >= 0
+        same_doc = (after["doc_id"], after["source"]) == (where["doc_id"], where["source"])
+        assert (after["token_in_doc"] == where["token_in_doc"] + 1 if same_doc
+                else after["token_in_doc"] == 0), (where, after)
     # Validation documents are held out by id: no training document is also a validation one.
     for shard in idx["train"]["shards"]:
         part = json.loads((out[1].directory / shard["path"].replace(".train.bin", ".json"))

@@ -46,11 +46,14 @@ def test_corrupted_weights_with_an_intact_header_are_refused_unless_asked(export
 
 
 def test_exports_without_a_recorded_hash_still_load(exported):
-    folder, _ = exported
+    folder, model = exported
     meta = json.loads((folder / CONFIG).read_text())
     del meta["weights_sha256"]
     (folder / CONFIG).write_text(json.dumps(meta))
-    load_pretrained(folder)
+    loaded, tok, loaded_meta = load_pretrained(folder)
+    assert "weights_sha256" not in loaded_meta and tok.decode(tok.encode("a_b!")) == "a_b!"
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
