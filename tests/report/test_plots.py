@@ -29,6 +29,16 @@ def assert_png(path, min_w=500, min_h=200):
     assert not list(path.parent.glob(f".{path.name}.*")), "a temporary file was left behind"
 
 
+def drawn_pixels(path, colour: str, rows: slice = slice(None)) -> int:
+    """How many pixels of the PNG (of its `rows`) are exactly `colour` (a line's or a bar's
+    own colour, not its anti-aliased edge): a panel that leaves an arm out has none."""
+    from matplotlib import colors, image
+
+    rgb = np.round(image.imread(path)[rows, :, :3] * 255).astype(int)
+    want = np.round(np.array(colors.to_rgb(colour)) * 255).astype(int)
+    return int(np.all(rgb == want, axis=-1).sum())
+
+
 def synthetic_curves(steps=50, eval_every=10, kappa=0.5):
     """A baseline and a Free arm shaped like training/loop.py's metrics.jsonl records."""
     base, free = [], []
@@ -64,6 +74,9 @@ def test_relative_gains_draws_a_png(tmp_path):
     out = plots.relative_gains(gain_points(), tmp_path / "gains.png")
     assert out == tmp_path / "gains.png"
     assert_png(out)
+    colours = plots.arm_colours(["free-k0p5", "free-k2"])
+    for arm in ("free-k0p5", "free-k2"):  # both arms' gains are drawn
+        assert drawn_pixels(out, colours[arm]) > 50, arm
 
 
 def test_relative_gains_takes_paired_comparisons_and_a_single_arm(tmp_path):
@@ -83,6 +96,10 @@ def test_training_curves_with_validation_and_no_kl_panel(tmp_path):
     out = plots.training_curves(synthetic_curves(), tmp_path / "curves.png")
     h = png_size(out)[1]
     assert_png(out)
+    colours = plots.arm_colours(["baseline", "free-k0p5"])
+    for arm in ("baseline", "free-k0p5"):  # both arms' curves, in each of the two panels
+        assert drawn_pixels(out, colours[arm], slice(0, h // 2)) > 200, arm
+        assert drawn_pixels(out, colours[arm], slice(h // 2, h)) > 40, arm  # 5 points
     # Two panels (training, validation) stack up taller than one panel would.
     single = plots.training_curves({"baseline": [{"step": 1, "ce": 5.0}, {"step": 2, "ce": 4.0}]},
                                    tmp_path / "single.png")
