@@ -57,6 +57,11 @@ def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
     run = tmp_path / "models" / "toy"
     base, free = (_metrics(run / arm / "metrics.jsonl") for arm in ARMS)
     assert len(base) == len(free) == 150
+    # The matched pair as the run recorded it: the same batch at every step, one tokenizer.
+    assert [r["batch_sha1"] for r in base] == [r["batch_sha1"] for r in free]
+    assert len({r["batch_sha1"] for r in base}) == 150
+    assert (run / ARMS[0] / "tokenizer.json").read_bytes() == \
+        (run / ARMS[1] / "tokenizer.json").read_bytes()
     end_base, end_free = (sum(r["loss"] for r in m[-10:]) / 10 for m in (base, free))
     assert end_base < 6.5 and base[0]["loss"] - end_base > 1.8
     assert end_free < 6.45 and free[0]["loss"] - end_free > 1.8
