@@ -59,8 +59,12 @@ def recipes(gpu: str) -> list[dict]:
     variants = [
         ("checkpointing full (config)", [], 8, 1),
         ("checkpointing selective", ["run.checkpoint_policy=selective"], 8, 1),
+        ("checkpointing selective, grad_accum 2",
+         ["run.checkpoint_policy=selective", "run.grad_accum=2"], 8, 1),
         ("checkpointing none", ["run.activation_checkpointing=false"], 8, 1),
-        ("AdamW foreach", ["optim.fused=off"], 8, 1),
+        ("checkpointing none, grad_accum 4",
+         ["run.activation_checkpointing=false", "run.grad_accum=4"], 8, 1),
+        ("AdamW foreach", ["optim.fused=false"], 8, 1),
         ("4 nodes, HSDP (shard 8)", [], 32, 4),
         ("4 nodes, FSDP over 32", ["run.shard_ranks=32"], 32, 4),
     ]

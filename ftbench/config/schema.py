@@ -94,10 +94,10 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    fused: str = "auto"
-    """AdamW's fused kernel (one pass over each tensor): auto uses it wherever torch
-    supports it (FSDP2's sharded parameters included), on requires it, off runs the
-    foreach path."""
+    fused: bool = True
+    """AdamW's fused kernel: one pass over each tensor, in place (FSDP2's sharded
+    parameters included); false runs the foreach path, which needs a temporary the size
+    of the parameters."""
 
 
 @dataclass
@@ -212,8 +212,6 @@ class PairConfig:
         if r.shard_ranks < 0:
             raise ConfigError(f"run.shard_ranks: must be >= 0 (0: one node's ranks), got "
                               f"{r.shard_ranks}")
-        if o.fused not in ("auto", "on", "off"):
-            raise ConfigError(f"optim.fused: {o.fused!r} is not one of auto, on, off")
         if r.dtype not in DTYPES:
             raise ConfigError(f"run.dtype: {r.dtype!r} is not one of {', '.join(DTYPES)}")
         for i, name in enumerate(r.trackers):

@@ -45,7 +45,7 @@ def _trim() -> None:
 
 
 def step_config(size: str, batch: int, seq: int, ckpt: bool, layers: int | None = None,
-                overrides: dict | None = None, dtype: str = "auto", fused: str = "auto"):
+                overrides: dict | None = None, dtype: str = "auto", fused: bool = True):
     from ftbench.config import pair_config_from_dict
 
     model = {"max_seq_len": max(seq, 64), **(overrides or {})}
@@ -87,7 +87,7 @@ def _train_steps(cfg, arch: str, steps: int, device, ctx=None):
 
 def measure_here(size: str, arch: str, batch: int, seq: int, ckpt: bool,
                  layers: int | None = None, overrides: dict | None = None,
-                 dtype: str = "auto", fsdp: bool = False, fused: str = "auto") -> dict:
+                 dtype: str = "auto", fsdp: bool = False, fused: bool = True) -> dict:
     """Peak bytes of two training steps (the second, at the full batch, has the optimiser
     state), this process. `fsdp`: under FSDP2 on a one-rank group (bf16: with its
     MixedPrecisionPolicy), as each rank of a sharded run holds its units."""

@@ -127,7 +127,7 @@ def rehearse_arm(spec: RehearsalSpec) -> dict:
            "shard_ranks": shard, "layers": arm.model.n_layers, "micro_batch": micro,
            "grad_accum": cfg.run.grad_accum, "seq_len": T, "vocab_size": V,
            "tokens_per_rank": per_rank * T, "checkpointing": checkpoint_policy(cfg.run),
-           "compile": cfg.run.compile, "fused_adamw": cfg.optim.fused != "off"}
+           "compile": cfg.run.compile, "fused_adamw": cfg.optim.fused}
     error = None
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = build_arm_model(arm, cfg, ctx)

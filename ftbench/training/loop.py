@@ -251,8 +251,8 @@ def make_optimizer(model: torch.nn.Module, cfg: PairConfig) -> torch.optim.Optim
               {"params": no_decay, "weight_decay": 0.0}]
     # Fused: one kernel per tensor instead of foreach's passes and its temporary the size
     # of the parameters; torch runs it over FSDP2's sharded parameters too.
-    fused = {"auto": True, "on": True, "off": None}[o.fused]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2),
+                             fused=True if o.fused else None)
 
 
 def train_step(model, arm: Arm, batch: torch.Tensor, cfg: PairConfig, ctx: DistContext,

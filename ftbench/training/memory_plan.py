@@ -275,7 +275,7 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
             est = arm_memory(arm.model, arm.arch, seq_len=T, micro_batch=micro,
                              world=shard, checkpointing=ckpt, bf16=bf16,
                              device_type=device_type, fsdp=world_size > 1,
-                             fused_optimizer=cfg.optim.fused != "off")
+                             fused_optimizer=cfg.optim.fused)
             if usable is not None:
                 est["max_micro_batch"] = max_micro_batch(
                     arm.model, arm.arch, T, usable, world=shard, checkpointing=ckpt,
