@@ -220,10 +220,10 @@ def memory_tracker(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
 
             @functools.wraps(orig)
             def root_pre_forward(*args, **kwargs):
-                # Validation calls the model more than once per step (a Free model's
-                # posterior and prior passes); per-module statistics start again, the
-                # peaks are kept.
-                if not torch.is_grad_enabled():
+                # A step calls the model more than once (micro-batches under
+                # run.grad_accum; validation's passes): per-module statistics start
+                # again at each call, the peaks are kept.
+                if fsdp_mod in self.memory_tracking:
                     self.reset_mod_stats()
                 return inner(*args, **kwargs)
             return root_pre_forward

@@ -154,3 +154,18 @@ def test_cli_json(tmp_path):
                           str(cfg), "--world-size", "3", "--nodes", "2"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "does not split over --nodes 2" in bad.stderr
+
+
+def test_gradient_accumulation_is_rehearsed_micro_batch_by_micro_batch():
+    """run.grad_accum 2: the step runs two forwards and backwards of half the rows; FLOPs
+    per token are unchanged and the gradients are reduce-scattered after each."""
+    from ftbench.doctor.simulate import simulate
+
+    result = simulate(config(grad_accum=2), world=2, arms=["baseline"], workers=1)
+    assert result["passed"], [r for r in result["rows"] if not r["passed"]]
+    trace = result["arms"]["baseline"]["trace"]
+    assert trace["micro_batch"] == 4 and trace["grad_accum"] == 2
+    summary = _rows(result, "collectives take device")[0]["collectives"]
+    reduced = sum(v["bytes"] for k, v in summary.items()
+                  if k.startswith("_reduce_scatter_base_ float32 train"))
+    assert reduced == pytest.approx(2 * 4 * hand_params("baseline"), rel=0.01)
