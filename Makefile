@@ -53,6 +53,8 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_training.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_loss_memory.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_memory_plan.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_compile.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_rehearsal.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
