@@ -90,12 +90,8 @@ def main() -> None:
     if not ctx.is_main:
         return
     from ftbench.doctor.simulate import simulate
-    from ftbench.training.hardware import spec_of_device_name
-
-    spec = (spec_of_device_name(torch.cuda.get_device_name(0))
-            if torch.cuda.is_available() else None)
-    gpu = next((k for k, v in __import__("ftbench.training.hardware", fromlist=["GPUS"])
-                .GPUS.items() if v is spec), "h100")
+    # simulate() takes the device's own name (ftbench.training.hardware.gpu_spec).
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "h100"
     sim = simulate(cfg, world, 1, gpu, None)
     summary = {"world_size": world, "gpu": torch.cuda.get_device_name(0)
                if torch.cuda.is_available() else "cpu", "layers": args.layers,

@@ -88,7 +88,8 @@ def z_gen(seed: int) -> torch.Generator:
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-# The offline mirror: $FTBENCH_DATA_DIR (set by `make test`), else ../shared/data.
+# The offline mirror: $FTBENCH_DATA_DIR (`make test` sets it from DATA_DIR), else the
+# Makefile's default place for it beside the checkout.
 DATA_DIR = Path(os.environ.get("FTBENCH_DATA_DIR") or
                 Path(__file__).resolve().parents[1].parent / "shared" / "data")
 

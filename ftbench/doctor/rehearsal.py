@@ -93,7 +93,8 @@ def rehearse_arm(spec: RehearsalSpec) -> dict:
     from ftbench.doctor.tracing import OpLog, memory_tracker
     from ftbench.model import binary_mapper
     from ftbench.training import device_rule
-    from ftbench.training.distributed import DistContext, checkpoint_policy, device_mesh
+    from ftbench.training.distributed import (DistContext, checkpoint_policy, device_mesh,
+                                              shard_ranks)
     from ftbench.training.loop import (autocast_dtype, build_arm_model, make_optimizer,
                                        micro_rows, train_step, validation_sums)
 
@@ -115,8 +116,6 @@ def rehearse_arm(spec: RehearsalSpec) -> dict:
                       one_rank_fsdp=spec.world == 1)
     # Outside fake mode: building a mesh reads real tensors.
     ctx = dataclasses.replace(ctx, mesh=device_mesh(ctx, cfg.run.shard_ranks))
-    from ftbench.training.distributed import shard_ranks
-
     shard = shard_ranks(spec.world, per_node, cfg.run.shard_ranks)
     amp = autocast_dtype(cfg, torch.device("cuda"))
     per_rank, micro = micro_rows(cfg, ctx)

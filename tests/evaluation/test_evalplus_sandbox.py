@@ -110,7 +110,7 @@ def cpu_burners(n: int = 2):
             proc.wait()
 
 
-# Mbpp/630's largest plus input returns 59,049 lists (the issue's load-made failure);
+# Mbpp/630's largest plus input returns 59,049 lists (it timed out on a loaded machine);
 # HumanEval/32 goes through ftbench's own find_zero check.
 LOADED_SUBSET = {"humanevalplus": ["HumanEval/0", "HumanEval/10", "HumanEval/32",
                                    "HumanEval/129", "HumanEval/163"],
