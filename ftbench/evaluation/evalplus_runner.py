@@ -23,9 +23,23 @@ from ftbench.data.errors import DataError
 DATASETS = {"humanevalplus": ("humaneval", "humanevalplus/HumanEvalPlus.jsonl.gz",
                               "HumanEvalPlus-v0.1.10.jsonl"),
             "mbppplus": ("mbpp", "mbppplus/MbppPlus.jsonl.gz", "MbppPlus-v0.2.0.jsonl")}
-# EvalPlus's stop strings for direct completion (evalplus.provider.utility).
+# EvalPlus 0.3.1's stop strings for direct completion (evalplus.provider.utility): its
+# base list EOS, then the dataset's extra ones.
+EOS = ["<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint("]
 EXTRA_EOS = {"humaneval": ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "],
              "mbpp": ['\n"""', "\nassert"]}
+EVALPLUS_MAX_NEW_TOKENS = 768
+"""EvalPlus's new-token budget (evalplus.provider.base.DecoderBase)."""
+
+
+def stop_strings(dataset: str) -> list[str]:
+    """The stop strings EvalPlus gives a direct-completion model on this dataset."""
+    return EOS + EXTRA_EOS[dataset]
+
+
+def evalplus_prompt(problem: dict) -> str:
+    """The prompt EvalPlus's codegen sends: the task's prompt stripped, one newline after."""
+    return problem["prompt"].strip() + "\n"
 SCORE_TIMEOUT_S = 3600
 
 
@@ -228,7 +242,7 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
     from ftbench.inference.generation import SamplingConfig, generate
 
     dataset = DATASETS[task][0]
-    stops = EXTRA_EOS[dataset]
+    stops = stop_strings(dataset)
     tok, model = lm.tokenizer, lm.model
     rank, world = getattr(lm, "rank", 0), getattr(lm, "world_size", 1)
     jobs = [(p, i) for p in problems for i in range(n_samples)]
@@ -259,6 +273,8 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
         # carries its share of its batch's time.
         share = (time.perf_counter() - t0) / len(chunk)
         for j, ((p, i), ids) in enumerate(zip(chunk, out.tokens)):
+            # Every token the row generated, up to its stop (token or string) included.
+            n_new = len(ids)
             if ids and ids[-1] == tok.eot_id:
                 ids = ids[:-1]
             raw = tok.decode(ids)
@@ -267,7 +283,7 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
                 completion = completion.split(stop)[0]
             code = p["prompt"] + completion
             rows.append({"task_id": p["task_id"], "index": i, "raw": raw,
-                         "completion": completion, "n_new_tokens": len(ids),
+                         "completion": completion, "n_new_tokens": n_new,
                          "gen_seconds": share,
                          "solution": sanitize(code, p["entry_point"]) or code, "_job": s + j})
     if world > 1:

@@ -374,6 +374,7 @@ class FtbenchLM(TemplateLM):
                            stop_strings=until, decode=self.tok_decode, amp=self.amp)
             self.gen_stats["seconds"] += time.perf_counter() - t0
             for (key, i, _, _, _), ids in zip(batch, gen.tokens):
+                # Rows are cut where they stopped: no pad counts as a generated token.
                 self.gen_stats["new_tokens"] += len(ids)
                 if ids and ids[-1] == self.eot_token_id:
                     ids = ids[:-1]

@@ -47,9 +47,12 @@ class SamplingConfig:
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]
-    """New tokens per prompt, cut after the first stop token (which is kept)."""
+    """New tokens per prompt, cut at the step where the row stopped: after its first stop
+    token, or after the token that completed a stop string (both kept). Their lengths are
+    the tokens each row really generated."""
     stopped: list[bool]
-    """Whether each row ended on a stop token (rather than max_new_tokens)."""
+    """Whether each row ended on a stop token or a stop string (rather than
+    max_new_tokens)."""
     step_logits: list[torch.Tensor] = field(default_factory=list)
     """If requested: logits (B, V) that chose each new token."""
     z_BS: torch.Tensor | None = None
@@ -183,6 +186,8 @@ def _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_proto
     done_B = torch.zeros(B, dtype=torch.bool, device=device)
     stop_ids = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device)
     step_logits = []
+    # The step at which each row stopped: later slots hold pad_id, never generated tokens.
+    end_B: list[int | None] = [None] * B
     for step in range(cfg.max_new_tokens):
         if return_logits:
             step_logits.append(logits_BV.cpu())
@@ -190,6 +195,7 @@ def _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_proto
                  else sample_next(logits_BV, cfg, token_generator))
         tok_B = torch.where(done_B, torch.full_like(tok_B, pad_id), tok_B)
         new_tokens = torch.cat((new_tokens, tok_B[:, None]), dim=1)
+        was_done = done_B.clone()
         if len(stop_ids):
             done_B |= torch.isin(tok_B, stop_ids)
         if stop_strings and decode is not None:
@@ -197,6 +203,8 @@ def _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_proto
                 text = decode(new_tokens[b].tolist())
                 if any(stop in text for stop in stop_strings):
                     done_B[b] = True
+        for b in (done_B & ~was_done).nonzero().flatten().tolist():
+            end_B[b] = step
         if bool(done_B.all()) or step == cfg.max_new_tokens - 1:
             break
         out = model(tok_B[:, None], positions_BT=next_pos_B[:, None], cache=cache,
@@ -208,10 +216,8 @@ def _generate(model, prompts, cfg, pad_id, token_generator, z_generator, z_proto
         next_pos_B = next_pos_B + 1
 
     rows, stopped = [], []
-    stop_set = set(cfg.stop_token_ids)
-    for row in new_tokens.tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop_set), None)
-        rows.append(row if cut is None else row[:cut + 1])
-        stopped.append(cut is not None)
+    for row, end in zip(new_tokens.tolist(), end_B):
+        rows.append(row if end is None else row[:end + 1])
+        stopped.append(end is not None)
     return GenerationOutput(rows, stopped, step_logits,
                             torch.cat(z_parts, dim=1) if z_parts else None, P)
