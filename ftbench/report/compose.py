@@ -90,9 +90,12 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, fram
     suites = {t: next(a.results[t]["suite"] for a in arms if t in a.results) for t in tasks}
     doc.add(Heading("Main comparison"),
             Paragraph("Scores in %. Free arms: absolute gain over the run's baseline in points, "
-                      "relative gain, a paired 95 % bootstrap interval of the absolute gain and a "
-                      "p-value (exact McNemar for pass/fail items, else paired bootstrap). Cells "
-                      "marked (n.s.) are not significant at p < 0.05. The last column is the "
+                      "relative gain, a paired 95 % interval of the absolute gain and a p-value, "
+                      "both from one procedure: for pass/fail items, McNemar's exact test and "
+                      "the exact interval it inverts (Clopper-Pearson on the items only one arm "
+                      "gets right); otherwise (a Free arm's mean over n samples) the paired "
+                      "percentile bootstrap and its two-sided p. Cells marked (n.s.): the "
+                      "interval holds 0 (equivalently p ≥ 0.05). The last column is the "
                       "paper's result at the paper's scale and data, **not this run's**."))
     header = ["suite", "benchmark (metric)", *labels, "paper (its scale)"]
     rows, muted, points = [], set(), []
@@ -143,7 +146,10 @@ def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
                       "(posterior: the encoder reads the context, new tokens get prior Z; "
                       "prior: uniform Z everywhere), from the same Z-independent pass; the "
                       "last column is their paired difference (other − headline) on the same "
-                      "items, flagged DISAGREE when its 95 % interval excludes 0."))
+                      "items, flagged DISAGREE when its 95 % interval excludes 0 (interval and p "
+                      "from one procedure, as in the main table, so also p < 0.05); otherwise "
+                      "\"no detected difference\" with the interval's width: a wide interval "
+                      "means too few items to tell, not agreement."))
     table = [[r.arm, r.task, f"{r.headline}: {gain_text(r.gain)}", r.spread,
               f"{r.other}: {gain_text(r.other_gain)}" if r.other else "—", between_text(r)]
              for r in rows]

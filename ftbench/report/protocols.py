@@ -4,7 +4,10 @@ gain, and the two Z protocols of log-likelihood tasks side by side.
 Everything comes from the results files: per-item outcomes of the headline protocol (the
 top-level ones) and of the other protocol (result["protocols"]), and the per-draw or
 per-sample scores (result["spread"]). The two protocols are compared item by item on the
-same items (paired); a task where their paired 95 % interval excludes 0 is flagged.
+same items (paired); a task where their paired 95 % interval excludes 0 is flagged
+DISAGREE (the interval and p come from one procedure, so this is also p < 0.05); one
+whose interval holds 0 reads "no detected difference", with the interval's width, which
+says how large a difference the items could have hidden.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 from ftbench.report.collect import HEADLINE, ArmResults, item_outcomes
 from ftbench.report.stats import PairedComparison, compare, paired_arrays
+from ftbench.report.tables import interval_text, pts
 
 
 @dataclass
@@ -89,14 +93,15 @@ def protocol_rows(arms: list[ArmResults], n_boot: int = 10_000) -> list[Protocol
 def gain_text(c: PairedComparison | None) -> str:
     if c is None:
         return "—"
-    return (f"{100 * c.other:.1f} ({100 * c.diff:+.1f} pts; 95 % CI [{100 * c.ci_low:+.1f}, "
-            f"{100 * c.ci_high:+.1f}])" + ("" if c.significant else " (n.s.)"))
+    return (f"{100 * c.other:.1f} ({pts(c.diff)} pts; {interval_text(c)})"
+            + ("" if c.significant else " (n.s.)"))
 
 
 def between_text(row: ProtocolRow) -> str:
     c = row.between
     if c is None:
         return "—"
-    flag = "DISAGREE" if row.disagree else "agree"
-    return (f"{100 * c.diff:+.1f} pts [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], "
+    flag = ("DISAGREE" if row.disagree else
+            f"no detected difference (interval width {100 * (c.ci_high - c.ci_low):.1f} pts)")
+    return (f"{pts(c.diff)} pts [{pts(c.ci_low)}, {pts(c.ci_high)}], "
             f"p={c.p_value:.3g}: {flag}")

@@ -59,8 +59,23 @@ def main_table(arms: list[ArmResults], n_boot: int = 10_000, frame=None) -> tupl
     return tasks, labels, cells
 
 
+def pts(x: float) -> str:
+    """A difference in points, signed, one decimal; more digits when one decimal would
+    print a nonzero value as +0.0 or -0.0 (an interval bound then keeps its side of 0)."""
+    v = 100 * x
+    text = f"{v:+.1f}"
+    if v != 0 and float(text) == 0:
+        text = f"{v:+.2g}"
+    return text
+
+
+def interval_text(c: PairedComparison) -> str:
+    return f"95 % CI [{pts(c.ci_low)}, {pts(c.ci_high)}]"
+
+
 def cell_text(cell: Cell | None) -> str:
-    """'score (gain pts, relative %; 95 % CI [lo, hi], p=...)', '(n.s.)' when not significant."""
+    """'score (gain pts, relative %; 95 % CI [lo, hi], p=...)', '(n.s.)' when the interval
+    holds 0: the interval, p and the mark come from one procedure (stats.compare)."""
     if cell is None:
         return "—"
     if cell.comparison is None:
@@ -68,8 +83,8 @@ def cell_text(cell: Cell | None) -> str:
     c = cell.comparison
     rel = "n/a" if c.rel_gain is None else f"{100 * c.rel_gain:+.1f} %"
     mark = "" if c.significant else " (n.s.)"
-    return (f"{100 * cell.score:.1f} ({100 * c.diff:+.1f} pts, {rel}; "
-            f"95 % CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], p={c.p_value:.3g}){mark}")
+    return (f"{100 * cell.score:.1f} ({pts(c.diff)} pts, {rel}; "
+            f"{interval_text(c)}, p={c.p_value:.3g}){mark}")
 
 
 def mean_sd_text(values: list[float], scale: float = 100, digits: int = 1, unit: str = "") -> str:

@@ -63,19 +63,72 @@ def test_mcnemar_exact_equals_scipy_binomial_test(b, c):
         assert mcnemar_exact(*_discordant(b, c)) == 1.0  # capped at 1, never above
 
 
-def test_mcnemar_uses_the_normal_approximation_past_1000_discordant_pairs():
-    from scipy.stats import binomtest, norm
+def test_mcnemar_stays_exact_past_1000_discordant_pairs():
+    from scipy.stats import binomtest
 
-    # 1,001 discordant pairs: p = 2 * (1 - Phi((|b - c| - 1) / sqrt(b + c))), which is
-    # within 2e-4 of the exact binomial p but not within 1e-9 of it.
-    b, c = 520, 481
-    approx = 2 * norm.sf((abs(b - c) - 1) / np.sqrt(b + c))
-    p = mcnemar_exact(*_discordant(b, c))
-    assert abs(p - approx) < 1e-12
-    exact = binomtest(c, b + c, 0.5).pvalue
-    assert 1e-9 < abs(p - exact) < 2e-4
-    # At exactly 1,000 the exact test still runs.
-    assert abs(mcnemar_exact(*_discordant(520, 480)) - binomtest(480, 1000, 0.5).pvalue) < 1e-12
+    for b, c in ((520, 481), (700, 640), (3000, 3120)):
+        assert abs(mcnemar_exact(*_discordant(b, c)) - binomtest(c, b + c, 0.5).pvalue) < 1e-12
+
+
+@pytest.mark.parametrize("b,c,n", [(3, 10, 100), (0, 7, 50), (12, 2, 40), (5, 5, 30),
+                                   (480, 560, 2000)])
+def test_binary_interval_is_the_exact_one_mcnemar_inverts(b, c, n):
+    # Clopper-Pearson interval of the share of discordant items won by the other arm
+    # (scipy's exact binomial interval), scaled to a difference of means: (2 pi - 1) m / n.
+    from scipy.stats import binomtest
+
+    base, other = _discordant(b, c, concordant=(n - b - c) // 2)
+    r = compare(base.astype(float), other.astype(float), n_boot=200)
+    m, n_items = b + c, len(base)
+    ci = binomtest(c, m, 0.5).proportion_ci(0.95, method="exact")
+    assert r.test == "mcnemar-exact"
+    assert abs(r.ci_low - (2 * ci.low - 1) * m / n_items) < 1e-9
+    assert abs(r.ci_high - (2 * ci.high - 1) * m / n_items) < 1e-9
+    assert abs(r.p_value - binomtest(c, m, 0.5).pvalue) < 1e-12
+
+
+def _printed(text: str) -> tuple[float, float, bool]:
+    """(printed lower bound, printed upper bound, marked n.s.) of a table cell."""
+    import re
+
+    lo, hi = re.search(r"CI \[([-+][0-9.e-]+), ([-+][0-9.e-]+)\]", text).groups()
+    return float(lo), float(hi), text.endswith("(n.s.)")
+
+
+def test_no_cell_prints_an_interval_that_contradicts_its_mark():
+    from ftbench.report.tables import Cell, cell_text
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for n in (10, 40, 100, 300, 1000):  # binary: every (b, c) of a grid, as McNemar sees them
+        for b in range(0, 40, 3):
+            for c in range(0, 46, 2):
+                if b + c <= n:
+                    base, other = _discordant(b, c, concordant=0)
+                    pad = np.zeros(n - b - c)
+                    cases.append((np.r_[base[:b + c], pad], np.r_[other[:b + c], pad]))
+    for t in range(150):  # means of 5 samples: the bootstrap, near the boundary too
+        rate = rng.uniform(0.1, 0.9, 60)
+        cases.append((rng.binomial(5, rate) / 5, rng.binomial(5, np.clip(rate + 0.08 * (t % 3), 0, 1)) / 5))
+    seen = {True: 0, False: 0}
+    for base, other in cases:
+        r = compare(base.astype(float), other.astype(float), n_boot=400, seed=len(base))
+        lo, hi, ns = _printed(cell_text(Cell(float(other.mean()), r)))
+        excludes_zero = lo > 0 or hi < 0
+        assert excludes_zero != ns, (cell_text(Cell(float(other.mean()), r)), r)
+        assert (r.p_value < 0.05) == r.significant == excludes_zero, r
+        seen[excludes_zero] += 1
+    assert min(seen.values()) > 50  # both readings occur in the grid
+
+
+def test_the_audit_example_is_not_significant_either_way():
+    # n = 100, 3 items only the baseline gets right, 10 only the other arm: exact p = 0.092;
+    # the interval must then hold 0 (a bootstrap percentile interval gave [+1.0, +14.0]).
+    base, other = _discordant(3, 10, concordant=0)
+    base, other = np.r_[base[:13], np.zeros(87)], np.r_[other[:13], np.zeros(87)]
+    r = compare(base, other)
+    assert abs(r.p_value - 0.0923) < 1e-3
+    assert r.ci_low < 0 < r.ci_high and not r.significant
 
 
 # ---- the paired bootstrap on non-binary outcomes ----------------------------------------
