@@ -181,15 +181,10 @@ def resolve_model_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def find_size_config(size: str) -> Path | None:
-    """configs/<size>.yaml from the working directory, else from the source tree."""
-    name = f"{size.strip().lower()}.yaml"
-    for folder in CONFIG_DIRS:
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """configs/<size>.yaml from the working directory, else the configs shipped with ftbench."""
+    from ftbench.config.loader import size_config_path
 
-
-CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
+    return size_config_path(size)
 
 
 def resolve_pair_config(config: Path | None, size: str | None, overrides: list[str],
@@ -197,6 +192,7 @@ def resolve_pair_config(config: Path | None, size: str | None, overrides: list[s
     """--config FILE, or --size NAME for configs/<NAME>.yaml, then --set and --data-dir."""
     from ftbench.config.loader import load_pair_config
     from ftbench.model.config import ConfigError
+    from ftbench.resources import config_dirs
 
     if config is None and size is None:
         raise ConfigError("train-pair: give --config FILE or --size NAME (e.g. --size toy)")
@@ -205,7 +201,7 @@ def resolve_pair_config(config: Path | None, size: str | None, overrides: list[s
         config = find_size_config(size)
         if config is None:
             raise ConfigError(f"size: no configs/{size}.yaml found in "
-                              f"{', '.join(str(d) for d in CONFIG_DIRS)}")
+                              f"{', '.join(str(d) for d in config_dirs())}")
     if data_dir is not None:
         overrides = [*overrides, f"data.data_dir={Path(data_dir).resolve()}"]
     return load_pair_config(config, overrides=overrides)

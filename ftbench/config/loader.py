@@ -196,5 +196,13 @@ def load_pair_config(path: str | os.PathLike | None = None, *, size: str | None 
     return pair_config_from_dict(apply_overrides(data, list(overrides)))
 
 
+def size_config_path(size: str) -> Path | None:
+    """configs/<size>.yaml: the working directory's configs/ first (a user's edited copy),
+    then the configs shipped with ftbench (ftbench.resources); None if neither has it."""
+    from ftbench.resources import config_path
+
+    return config_path(size)
+
+
 def dump_pair_config(cfg: PairConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -60,11 +60,17 @@ at this scale, Z does fix the position: see README, "The synthetic experiment").
 
 
 def default_config_path() -> Path:
-    """configs/synthetic.yaml of the working directory, else of the source checkout."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "configs" / "synthetic.yaml").is_file():
-            return root / "configs" / "synthetic.yaml"
-    raise ReproError("no configs/synthetic.yaml here or in the ftbench checkout; pass --config")
+    """configs/synthetic.yaml of the working directory, else the one shipped with ftbench."""
+    from ftbench.resources import ResourceError, config_path
+
+    try:
+        path = config_path("synthetic")
+    except ResourceError as e:
+        raise ReproError(f"{e}; or pass --config") from None
+    if path is None:
+        raise ReproError("no configs/synthetic.yaml here or among ftbench's configs; "
+                         "pass --config")
+    return path
 
 
 class ReproError(ValueError):
