@@ -46,7 +46,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ftbench.evaluation.scoring import (BASELINE_KEY, FREE_Z_DRAWS, Score, ZProtocol,
-                                        context_key, score_requests, stream_generator)
+                                        context_key, score_requests, stream_generator,
+                                        truncate_contexts)
 from ftbench.inference.generation import SamplingConfig, generate
 from ftbench.training.distributed import DistContext, init_distributed
 from ftbench.training.export import load_pretrained
@@ -148,6 +149,55 @@ class GenerationLimits:
         return "; ".join(parts)
 
 
+class LoglikelihoodLimits:
+    """Log-likelihood requests whose context was left-truncated to fit the model
+    (scoring.truncate_contexts: lm-eval's rule, one cut per context). lm-eval's HF backend
+    logs a warning per such request; here they are counted per task and stored in the
+    results' "loglikelihood.limits" block."""
+
+    def __init__(self, max_seq_len: int):
+        self.max_seq_len = max_seq_len
+        self.requests = 0
+        self.truncated = 0
+        self.contexts: set[tuple[int, ...]] = set()
+        self.contexts_cut: set[tuple[int, ...]] = set()
+        self.dropped_total = 0
+        self.dropped_max = 0
+
+    def add(self, ctx: tuple[int, ...], dropped: int) -> None:
+        self.requests += 1
+        self.contexts.add(ctx)
+        if dropped > 0:
+            self.truncated += 1
+            self.contexts_cut.add(ctx)
+            self.dropped_total += dropped
+            self.dropped_max = max(self.dropped_max, dropped)
+
+    def record(self) -> dict:
+        """The results' "loglikelihood.limits" block. Contexts are the distinct contexts
+        scored (one per multiple-choice item); tokens are counted once per request."""
+        return {"max_seq_len": self.max_seq_len, "requests": self.requests,
+                "requests_truncated": self.truncated, "contexts": len(self.contexts),
+                "contexts_truncated": len(self.contexts_cut),
+                "context_tokens_dropped": self.dropped_total,
+                "context_tokens_dropped_max": self.dropped_max}
+
+    @staticmethod
+    def merge(records: list[dict | None] | None) -> dict | None:
+        """One block from several ranks' records (each rank scores its own documents)."""
+        records = [r for r in records or [] if r]
+        if not records:
+            return None
+        out = dict(records[0])
+        for r in records[1:]:
+            for key in ("requests", "requests_truncated", "contexts", "contexts_truncated",
+                        "context_tokens_dropped"):
+                out[key] += r[key]
+            out["context_tokens_dropped_max"] = max(out["context_tokens_dropped_max"],
+                                                    r["context_tokens_dropped_max"])
+        return out
+
+
 @register_model("ftbench")
 class FtbenchLM(TemplateLM):
     def __init__(self, path: str | None = None, model=None, tokenizer=None,
@@ -203,6 +253,8 @@ class FtbenchLM(TemplateLM):
         self.gen_stats = {"new_tokens": 0, "seconds": 0.0}
         self.gen_limits = GenerationLimits(self.max_length)
         """Generation requests shortened to fit the context (reset per task by the runner)."""
+        self.ll_limits = LoglikelihoodLimits(self.max_length)
+        """Log-likelihood contexts cut to fit the context (reset per task by the runner)."""
         self.progress_label = ""
         """Prefix of the progress bars' label (the runner sets <run>/<arm>/<task>)."""
         self.score_seconds = 0.0
@@ -282,8 +334,17 @@ class FtbenchLM(TemplateLM):
         todo = list(dict.fromkeys(k for k in keys if k not in self.scores))
         # Sorted so that items sharing a context land in the same scoring chunk.
         todo.sort(key=lambda k: (-len(k[0]), k[0]))
-        for key, scored in zip(todo, self._score([(list(c), list(t)) for c, t in todo],
-                                                 disable_tqdm)):
+        # Cut here, over all of the call's requests, so that an item's choices share one
+        # context even when a scoring chunk splits them.
+        fitted = truncate_contexts(todo, self.max_length)
+        for (ctx, _), (_, dropped) in zip(todo, fitted):
+            self.ll_limits.add(ctx, dropped)
+        if self.rank == 0 and any(d for _, d in fitted):
+            log.warning("%d of %d log-likelihood requests had their context cut to fit the "
+                        "model's %d tokens", sum(d > 0 for _, d in fitted), len(fitted),
+                        self.max_length)
+        pairs = [(list(kept), list(cont)) for (kept, _), (_, cont) in zip(fitted, todo)]
+        for key, scored in zip(todo, self._score(pairs, disable_tqdm)):
             self.scores[key] = scored
         which = self.replay or self.headline
         if which not in (self.protocols if self.model.arch == "free" else (BASELINE_KEY,)):

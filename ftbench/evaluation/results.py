@@ -2,7 +2,7 @@
 
     results/<run>/<arm>/<task>.json
     {
-      "schema_version": 1,
+      "schema_version": 3,
       "task": "gsm8k", "suite": "math", "harness": "lm-eval 0.4.13",
       "metrics": {"exact_match,strict-match": {"value": 0.1, "stderr": 0.01}, ...},
       "per_item": {"exact_match,strict-match": {"<doc_id>": 0.0, ...}, ...},
@@ -35,7 +35,12 @@ leave room for the new ones. lm-eval's HF backend refuses such requests instead.
 "model_s" (optional) is the part of wall_s spent in the model (scoring, generation) on
 rank 0: wall_s also holds the harness and one-time costs (EvalPlus's ground truth).
 Per-item outcomes keep the document ids, so two arms can be compared item by item.
-Schema 1 files (no protocol blocks, no spread) are still read.
+"loglikelihood" (log-likelihood tasks, schema 3): {"limits": {"max_seq_len", "requests",
+"requests_truncated", "contexts", "contexts_truncated", "context_tokens_dropped",
+"context_tokens_dropped_max"}}: prompts left-truncated to fit the model (lm-eval's rule,
+one cut per context, so an item's choices keep one context); "contexts" are the distinct
+contexts scored, one per multiple-choice item.
+Schema 1 and 2 files (without the schema 3 blocks) are still read.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 REQUIRED = {"schema_version": int, "task": str, "suite": str, "harness": str, "metrics": dict,
             "per_item": dict, "n_items": int, "data": dict, "model": dict, "protocol": dict,
             "seed": int, "versions": dict, "git": dict, "wall_s": float, "created": str}

@@ -285,7 +285,14 @@ def lm_eval_replicated(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
                               "load_avg": load_average()}
         body["model_s"] = seconds
         return body
+    from ftbench.evaluation.lm_eval_adapter import LoglikelihoodLimits
+
+    lm.ll_limits = LoglikelihoodLimits(lm.max_length)
     body = lm_eval_result(lm, task, tasks, s, keep_samples=arch == "free")
+    # Collective: every rank counts the contexts of its own documents.
+    ll_limits = LoglikelihoodLimits.merge(lm.gather_object(lm.ll_limits.record()))
+    if body is not None:
+        body["loglikelihood"] = {"limits": ll_limits}
     if arch != "free":
         if body is not None:
             body["model_s"] = lm.score_seconds

@@ -138,8 +138,9 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]
     Free model (all protocols from one pass over the Z-independent blocks) and
     {"baseline": [...]} for a baseline (one deterministic pass).
 
-    Inputs are left-truncated to max_length + 1 tokens (default: the model's max_seq_len);
-    the context must keep at least one token. `batch_size` counts distinct contexts.
+    Contexts are left-truncated to fit max_length (default: the model's max_seq_len) by
+    `truncate_contexts`: one cut per context, so an item's choices share it (and its Z).
+    `batch_size` counts distinct contexts.
     """
     free = model.arch == "free"
     if free:
@@ -153,17 +154,9 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]
     K = draws if free else 1
     max_length = max_length or model.cfg.max_seq_len
     groups: dict[tuple[int, ...], _Group] = {}
-    for i, (ctx, cont) in enumerate(requests):
-        if not cont:
-            raise ValueError("a continuation needs at least one token")
-        if not ctx:
-            raise ValueError("a context needs at least one token (use the EOT/prefix token)")
-        full = (list(ctx) + list(cont))[-(max_length + 1):]
-        n_ctx = len(full) - len(cont)
-        if n_ctx < 1:
-            raise ValueError(f"continuation of {len(cont)} tokens does not fit max_length "
-                             f"{max_length}")
-        g = groups.setdefault(tuple(full[:n_ctx]), _Group(tuple(full[:n_ctx]), [], []))
+    for i, ((ctx, cont), (kept, _)) in enumerate(zip(requests,
+                                                     truncate_contexts(requests, max_length))):
+        g = groups.setdefault(kept, _Group(kept, [], []))
         g.conts.append(tuple(cont))
         g.owners.append(i)
     order = sorted(_fit(groups.values(), model.cfg.max_seq_len),
@@ -188,6 +181,35 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]
     if batch:
         flush()
     return out  # type: ignore[return-value]
+
+
+def truncate_contexts(requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      max_length: int) -> list[tuple[tuple[int, ...], int]]:
+    """(context kept, tokens dropped) for each (context, continuation).
+
+    lm-eval's rule, (context + continuation)[-(max_length + 1):][:-1], applied per context
+    with its longest continuation: every request with that context keeps its last
+    max_length + 1 - longest tokens, so the choices of one item are scored on one context,
+    under one Z (per-request cuts would give choices of different lengths different
+    contexts). Where the longest continuation fits, this is lm-eval's cut exactly."""
+    longest: dict[tuple[int, ...], int] = {}
+    for ctx, cont in requests:
+        if not cont:
+            raise ValueError("a continuation needs at least one token")
+        if not ctx:
+            raise ValueError("a context needs at least one token (use the EOT/prefix token)")
+        key = tuple(int(t) for t in ctx)
+        longest[key] = max(longest.get(key, 0), len(cont))
+    out = []
+    for ctx, cont in requests:
+        key = tuple(int(t) for t in ctx)
+        keep = max_length + 1 - longest[key]
+        if keep < 1:
+            raise ValueError(f"continuation of {longest[key]} tokens does not fit max_length "
+                             f"{max_length}")
+        dropped = max(0, len(key) - keep)
+        out.append((key[dropped:], dropped))
+    return out
 
 
 def _packed_len(g: _Group) -> int:

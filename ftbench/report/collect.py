@@ -107,7 +107,37 @@ def banners(arms: list[ArmResults]) -> list[str]:
             out.append(f"MIXED DATA VERSIONS for {task}: the arms were scored on different "
                        "data files; its comparison is not paired.")
     out += generation_limit_banners(arms)
+    out += loglikelihood_limit_banners(arms)
     return out
+
+
+def contexts_cut(result: dict) -> dict | None:
+    """The results' log-likelihood truncation counts when any context was cut, else None
+    (also None for files written before they were recorded)."""
+    lim = (result.get("loglikelihood") or {}).get("limits") or {}
+    return lim if lim.get("contexts_truncated") else None
+
+
+def contexts_cut_text(lim: dict) -> str:
+    return (f"{lim['contexts_truncated']} of {lim['contexts']} contexts cut to "
+            f"{lim['max_seq_len']} tokens ({lim['requests_truncated']} of {lim['requests']} "
+            f"requests; up to {lim['context_tokens_dropped_max']} tokens, "
+            f"{lim['context_tokens_dropped']} in all)")
+
+
+def loglikelihood_limit_banners(arms: list[ArmResults]) -> list[str]:
+    """Log-likelihood tasks whose prompts were left-truncated to fit the model's context:
+    the model then answered a shortened prompt (fewer few-shot examples, or part of the
+    question), which the task's name does not say."""
+    hits = [f"{a.arm}/{task}: {contexts_cut_text(lim)}"
+            for a in arms for task, r in sorted(a.results.items())
+            if (lim := contexts_cut(r)) is not None]
+    if not hits:
+        return []
+    return ["LOG-LIKELIHOOD CONTEXTS CUT TO FIT THE MODEL: prompts longer than the model's "
+            "context (max_seq_len) lost their first tokens, as lm-eval does (it warns per "
+            "request), so the model answered a shortened prompt (for a few-shot task, fewer "
+            "or partial examples). " + "; ".join(hits) + "."]
 
 
 def generation_limit_banners(arms: list[ArmResults]) -> list[str]:

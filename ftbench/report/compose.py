@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftbench.report import plots
-from ftbench.report.collect import HEADLINE, ArmResults, ReportError, banners, collect
+from ftbench.report.collect import (HEADLINE, ArmResults, ReportError, banners, collect,
+                                    contexts_cut)
 from ftbench.report.appendix import config_blocks, results_blocks
 from ftbench.report.contamination import contamination_blocks
 from ftbench.report.document import Banner, Document, Figure, Heading, Link, Paragraph, Table
@@ -100,7 +101,13 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, fram
     header = ["suite", "benchmark (metric)", *labels, "paper (its scale)"]
     rows, muted, points = [], set(), []
     for i, task in enumerate(tasks):
-        row = [suites[task], f"{task} ({HEADLINE[task]})"]
+        cut = [lim for a in arms if task in a.results
+               if (lim := contexts_cut(a.results[task])) is not None]
+        # The arms of a pair share tokenizer and context, so one count stands for them.
+        worst = max(cut, key=lambda lim: lim["contexts_truncated"]) if cut else None
+        row = [suites[task], f"{task} ({HEADLINE[task]})" + (
+            f"; {worst['contexts_truncated']} of {worst['contexts']} contexts cut to "
+            f"{worst['max_seq_len']} tokens" if worst else "")]
         for j, label in enumerate(labels):
             cell: Cell | None = cells.get((task, label))
             row.append(cell_text(cell))

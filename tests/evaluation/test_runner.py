@@ -165,7 +165,7 @@ def test_eval_cli_runs_a_pair_with_the_default_protocol_and_resumes(toy_pair_dir
         for task in ("gsm8k", "commonsense_qa"):
             r = read_result(tmp_path / run / arm / f"{task}.json")
             assert r["model"]["arm"] == arm and r["limit"] == 2 and r["n_items"] == 2
-            assert r["schema_version"] == 2 and r["fewshot_seed"] == 0
+            assert r["schema_version"] == 3 and r["fewshot_seed"] == 0
             assert 0 < r["model_s"] < r["wall_s"]  # the model's share of the time
     # Free arms: K = 8 draws under both protocols (log-likelihood), n = 5 samples (generation).
     csqa = read_result(tmp_path / run / "free-k0p5" / "commonsense_qa.json")
@@ -374,3 +374,38 @@ def test_few_shot_prompts_do_not_depend_on_the_number_of_ranks(data_dir, eval_ca
     assert sorted(shares[0]) == [0, 2, 4] and sorted(shares[1]) == [1, 3, 5]
     assert {**shares[0], **shares[1]} == single
     assert prompts(1, 2) == {d: plain[d] for d in (1, 3, 5)}  # restored on exit
+
+
+def test_mmlu_contexts_cut_to_fit_are_counted_as_by_hand(toy_pair_dir, data_dir, eval_cache):
+    # The test pair's context is 64 tokens; MMLU's 5-shot prompts are far longer. The
+    # count is checked against lm-eval's own encoding of the logged requests and the rule
+    # "an item keeps its last max_seq_len + 1 - (longest choice) tokens".
+    from lm_eval.api.model import TemplateLM
+
+    from ftbench.evaluation.lm_eval_adapter import FtbenchLM
+    from ftbench.evaluation.runner import lm_eval_replicated
+
+    lm = FtbenchLM(path=str(toy_pair_dir / "baseline"))
+    tasks = BuiltTasks(build_task_dir(eval_cache, data_dir))
+    s = EvalSettings(limit=1)
+    body = lm_eval_replicated(lm, "mmlu", tasks, s, "baseline")
+    got = body["loglikelihood"]["limits"]
+    logged = lm_eval_result(lm, "mmlu", tasks, s, keep_samples=True)["_samples"]
+    requests = contexts = cut = cut_requests = dropped = 0
+    worst = 0
+    for samples in logged.values():
+        for sample in samples:
+            pairs = [TemplateLM._encode_pair(lm, c, t) for c, t in sample["arguments"]]
+            longest = max(len(t) for _, t in pairs)
+            lost = max(0, len(pairs[0][0]) - (64 + 1 - longest))
+            contexts += 1
+            cut += lost > 0
+            requests += len(pairs)
+            cut_requests += len(pairs) * (lost > 0)
+            dropped += lost * len(pairs)
+            worst = max(worst, lost)
+    assert contexts == 57 and requests == 4 * 57  # one item per subject, four choices
+    assert got == {"max_seq_len": 64, "requests": requests, "requests_truncated": cut_requests,
+                   "contexts": contexts, "contexts_truncated": cut,
+                   "context_tokens_dropped": dropped, "context_tokens_dropped_max": worst}
+    assert cut == 57  # every 5-shot prompt exceeds 64 tokens

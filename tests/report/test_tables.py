@@ -81,3 +81,31 @@ def test_generation_capped_by_the_context_is_flagged_and_listed(results_root):
     table = results_blocks(arms)[0]
     row = next(row for row in table.rows if row[0].endswith("/baseline") and row[1] == "gsm8k")
     assert "capped 2/3, prompts cut 1" in row[table.header.index("generation limits")]
+
+
+def test_log_likelihood_contexts_cut_are_flagged_and_shown_in_the_table(results_root):
+    from ftbench.evaluation.lm_eval_adapter import LoglikelihoodLimits
+    from ftbench.report.compose import _main_section
+    from ftbench.report.document import Document, Table
+    from ftbench.report.frame import frame_from_arms
+
+    limits = LoglikelihoodLimits(max_seq_len=64)
+    for i, lost in enumerate((0, 5, 12)):  # three items of four choices each
+        for _ in range(4):
+            limits.add((i,), lost)
+    for arm in ("baseline", "free-k0p5"):
+        path = results_root / "run" / arm / "commonsense_qa.json"
+        r = __import__("json").loads(path.read_text())
+        r["loglikelihood"] = {"limits": limits.record()}
+        write_result(path, r)
+    arms = collect(results_root, ["run"])
+    text = " ".join(banners(arms))
+    assert "LOG-LIKELIHOOD CONTEXTS CUT" in text
+    assert ("baseline/commonsense_qa: 2 of 3 contexts cut to 64 tokens (8 of 12 requests; "
+            "up to 12 tokens, 68 in all)") in text
+    doc = Document("t")
+    _main_section(doc, arms, results_root / "fig", frame_from_arms(arms))
+    table = next(b for b in doc.blocks if isinstance(b, Table))
+    labels = [row[1] for row in table.rows]
+    assert "commonsense_qa (acc,none); 2 of 3 contexts cut to 64 tokens" in labels
+    assert "gsm8k (exact_match,strict-match)" in labels
