@@ -1,4 +1,5 @@
 # Set-up is part of every target: a clean clone needs only `make demo` or `make test`.
+# `make help` lists the targets.
 PYTHON ?= python3
 VENV ?= .venv
 # CPU machines: the CPU wheel. On a GPU machine, install your CUDA torch into $(VENV)
@@ -8,9 +9,21 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftbench-installed
 
-.PHONY: setup demo test test-mutation bench clean
+# The data mirror (laid out as in docs/data-mirror.md); the demo and the tests read it
+# offline. Default: a folder inside the clone, which `make demo` builds with
+# `ftbench data mirror` when it holds no complete mirror. Give another with
+# `make demo DATA_DIR=/path/to/mirror`.
+DATA_DIR ?= data-mirror
 
-setup: $(STAMP)
+.DEFAULT_GOAL := help
+.PHONY: help setup demo data test test-fast test-science test-mutation bench bench-gpu clean
+
+help: ## List the targets
+	@echo "Usage: make TARGET [DATA_DIR=/path/to/mirror] [TEST_WORKERS=N]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+setup: $(STAMP) ## Create .venv: torch (CPU wheel unless one is installed), ftbench, test tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +32,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "evalplus==0.3.1"
 	touch $(STAMP)
 
-# The data mirror (laid out as in docs/data-mirror.md); the demo and the tests read it
-# offline. Give yours with `make demo DATA_DIR=/path/to/mirror`.
-DATA_DIR ?= ../shared/data
+# A complete mirror ends with its SHA256SUMS (written last); a partial one is resumed.
+data: $(STAMP) ## Download and verify the data mirror into DATA_DIR unless it is complete
+	test -f $(DATA_DIR)/SHA256SUMS || $(BIN)/ftbench data mirror $(DATA_DIR)
 
-## The main job: the toy demo (cost accounting, a toy pair trained on the mirror, its
-## training data checked for benchmark overlap, the pair evaluated on every suite with a
-## small limit, then the report).
-demo: $(STAMP)
+# The toy demo: cost accounting, a toy pair trained on the mirror, its training data
+# checked for benchmark overlap, the pair evaluated on every suite with a small limit,
+# then the report.
+demo: data ## The toy demo on CPU: train a pair, check overlap, evaluate, report (~4 min)
 	$(BIN)/ftbench info --size toy
 	$(BIN)/ftbench train-pair --size toy --data-dir $(DATA_DIR)
 	$(BIN)/ftbench data contamination --size toy --data-dir $(DATA_DIR)
@@ -34,27 +47,42 @@ demo: $(STAMP)
 		--limit 10 --data-dir $(DATA_DIR)
 	$(BIN)/ftbench report toy
 
-## The test suite as CI runs it (GPU tests are deselected by their marker), one pytest-xdist
-## worker per core by default (TEST_WORKERS=0: one process). Whole files go to a worker, the
-## slowest first (tests/conftest.py).
+# One pytest-xdist worker per core by default (TEST_WORKERS=0: one process). Whole files
+# go to a worker, the slowest first (tests/conftest.py). GPU tests are deselected by their
+# marker; the synthetic experiment is `make test-science`.
 TEST_WORKERS ?= auto
-test: $(STAMP)
-	FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q -m "not gpu" \
-		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
+test: $(STAMP) ## The test suite without the synthetic experiment (what CI runs first)
+	$(PYTEST) -m "not gpu and not science" -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
-## Mutation testing (mutmut) of the modules whose numbers go into papers, each against the
-## tests that target it: killed / survived / timed out per module (docs/development.md).
+test-fast: $(STAMP) ## The fast lane: every test not marked slow, gpu or science
+	$(PYTEST) -m "not slow and not gpu and not science" -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
+
+# Its three arms train in three processes of one thread each (`--jobs 3`); sampling runs
+# on one thread, as the bounds were calibrated.
+test-science: $(STAMP) ## The CI-sized synthetic experiment (paper Fig. 4) against its bounds
+	OMP_NUM_THREADS=1 $(PYTEST) -m science tests/repro/test_synthetic.py
+
 MUTATION_JOBS ?= 2
-test-mutation: $(STAMP)
+test-mutation: $(STAMP) ## Mutation testing (mutmut) of the modules whose numbers go into papers
 	$(BIN)/python tests/mutation/run_mutation.py --jobs $(MUTATION_JOBS)
 
-bench: $(STAMP)
+# Every CPU benchmark that docs/ and benchmarks/README.md quote, in turn (about 40 min on
+# 2 cores; bench_data.py generates a corpus of 1.5 GB in a temporary folder).
+bench: $(STAMP) ## Every CPU speed and memory benchmark the docs quote (benchmarks/README.md)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_training.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_loss_memory.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_memory_plan.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_compile.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_rehearsal.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_eval.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_data.py
 
-clean:
+bench-gpu: $(STAMP) ## The GPU checks and figures on a CUDA machine (benchmarks/gpu_check.sh)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
+
+clean: ## Remove .venv and build files (not models/, results/, reports/ or the mirror)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -59,7 +59,11 @@ def synthetic(
              "gets its own run name, <name>-seed<N>, so runs of several seeds sit side by side."),
     ci: bool = typer.Option(
         False, "--ci", help="The CI-sized check: kappa 1/8 and 1, H = 2, 1500 steps, 256 "
-                            "samples (about 5 minutes on 2 CPU cores)."),
+                            "samples (about 11 minutes on one CPU thread; see --jobs)."),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j",
+        help="Arms trained at once, each in its own process with one thread (default 1: one "
+             "after the other in this process). The models are the same either way."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config field with a dotted key, e.g. --set optim.lr=1e-3. "
                           "Repeatable."),
@@ -105,8 +109,10 @@ def synthetic(
         typer.echo(f"repro synthetic: {size} run, kappas "
                    f"{', '.join(syn.kappa_text(k) for k in cfg.latent.kappas_bits)} bit/token, "
                    f"{cfg.run.steps} steps, seed {cfg.run.seed}, {n} samples per mode -> {out}")
+        if jobs < 1:
+            raise syn.ReproError(f"--jobs must be >= 1, got {jobs}")
         syn.run_synthetic(cfg, out, groups=n // group_size, group_size=group_size, size=size,
-                          log=typer.echo)
+                          log=typer.echo, jobs=jobs)
     except (ConfigError, syn.ReproError, DataError, CheckpointError, TrainingError) as e:
         _fail(str(e))
     data = load_repro(out)

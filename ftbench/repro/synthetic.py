@@ -335,13 +335,125 @@ def check_config(cfg: PairConfig) -> None:
         raise ReproError(f"model.max_seq_len: needs >= {DOC_TOKENS} (prompt, body, end of text)")
 
 
+def _arm_process(config_file: str, name: str) -> None:
+    """One arm of the pair, trained and exported in this process (see train_in_parallel).
+
+    The same steps as train_pair's loop for one arm, on the data the parent prepared."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ftbench.config.loader import load_pair_config
+    from ftbench.data.budget import planned_tokens
+    from ftbench.data.pipeline import data_directory, open_prepared
+    from ftbench.training.arms import pair_arms
+    from ftbench.training.distributed import DistContext
+    from ftbench.training.export import save_pretrained
+    from ftbench.training.loop import train_arm
+    from ftbench.training.pair import arm_fingerprint, recorded_config, run_dir
+
+    torch.set_num_threads(1)
+    cfg = load_pair_config(config_file)
+    root = run_dir(cfg)
+    data = open_prepared(data_directory(cfg.data, cfg.run.seed, planned_tokens(cfg),
+                                        root / "data"))
+    if data is None:
+        raise ReproError(f"{root / 'data'}: the prepared data is missing or incomplete")
+    (arm,) = [a for a in pair_arms(cfg, data.tokenizer.vocab_size) if a.name == name]
+    fingerprint = arm_fingerprint(cfg, arm, data.meta["key"])
+    torch.manual_seed(cfg.run.seed)
+    ctx = DistContext()
+    result = train_arm(arm, cfg, data.train, data.val, root / name, ctx, fingerprint,
+                       log=lambda line: print(line, flush=True))
+    state = get_model_state_dict(result.model, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
+    info = {"tokens_per_s": result.tokens_per_s, "mfu": result.mfu,
+            "peak_memory_bytes": result.peak_memory_bytes, "wall_s": result.wall_s,
+            "final_val": result.final_val, "world_size": ctx.world, "device": str(ctx.device)}
+    save_pretrained(state, arm.model, arm.arch, data.tokenizer, root / name, extra={
+        "arm": arm.name, "kappa_bits": arm.kappa_bits, "steps": result.steps,
+        "seed": cfg.run.seed, "data_key": data.meta["key"], "fingerprint": fingerprint,
+        "summary": info,
+        "pair_config": dataclasses.asdict(recorded_config(cfg, data.tokenizer.vocab_size))})
+    print(f"{name}: exported to {root / name}", flush=True)
+
+
+def train_in_parallel(cfg: PairConfig, jobs: int, log: Callable[[str], None] = print) -> dict:
+    """Every arm of `cfg`, `jobs` arms at a time, each in its own process with one torch
+    thread; returns train_pair's summary.
+
+    The arms are independent once the data is prepared (their initial weights, data order
+    and Z noise come from seeded generators, not from global state), so each process
+    exports the weights that train_pair would. The data is prepared here first; then
+    train_pair, finding every arm exported, records the run and reads the summaries back.
+    Arms already exported with the same settings are not trained again.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from ftbench.config.loader import dump_pair_config
+    from ftbench.data.pipeline import prepare_for_run
+    from ftbench.training.arms import pair_arms
+    from ftbench.training.distributed import DistContext
+    from ftbench.training.pair import (PAIR_YAML_HEADER, _finished, arm_fingerprint,
+                                       recorded_config, run_dir, train_pair)
+
+    if jobs < 1:
+        raise ReproError(f"--jobs must be >= 1, got {jobs}")
+    root = run_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    data = prepare_for_run(cfg, log=log)
+    # An arm exported with other settings stops the run here, before any training.
+    key = data.meta["key"]
+    names = [a.name for a in pair_arms(cfg, data.tokenizer.vocab_size)
+             if not _finished(root / a.name, arm_fingerprint(cfg, a, key), cfg, key)]
+    if names:
+        recorded = recorded_config(cfg, data.tokenizer.vocab_size)
+        tmp = root / "pair.yaml.tmp"
+        tmp.write_text(PAIR_YAML_HEADER + dump_pair_config(recorded))
+        tmp.replace(root / "pair.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="ftbench-repro-") as tmpdir:
+        config_file = Path(tmpdir) / "config.yaml"
+        config_file.write_text(dump_pair_config(cfg))
+        pending, running, failed = list(names), {}, []
+        if names:
+            log(f"training {len(names)} arm(s), up to {jobs} at a time, one process each: "
+                f"{', '.join(names)}")
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    name = pending.pop(0)
+                    running[name] = subprocess.Popen(
+                        [sys.executable, "-c", "import sys; from ftbench.repro.synthetic "
+                         "import _arm_process; _arm_process(sys.argv[1], sys.argv[2])",
+                         str(config_file), name], env=env)
+                for name, proc in list(running.items()):
+                    if proc.poll() is not None:
+                        del running[name]
+                        if proc.returncode:
+                            failed.append(f"{name} (exit status {proc.returncode})")
+                time.sleep(0.2)
+        finally:  # interrupted (Ctrl-C): no arm keeps training in the background
+            for proc in running.values():
+                proc.kill()
+                proc.wait()
+    if failed:
+        raise ReproError(f"training failed for {', '.join(failed)}; the output above says "
+                         f"why. Finished arms in {root} are kept and reused on the next run")
+    # Everything is exported now: train_pair checks each export against its fingerprint
+    # and returns the summaries without training.
+    return train_pair(cfg, log=log, ctx=DistContext())
+
+
 def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: int = 8,
                   kl_docs: int = 512, sample_seed: int | None = None, size: str = "custom",
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Train every arm of `cfg` (skipping arms already trained with the same settings under
     <run.out_dir>/<run.name>/), run the sampling study and write out/measures.json,
     out/samples.json and out/figure4.png.
 
+    `jobs` > 1 trains that many arms at once, each in its own process (train_in_parallel).
     `size` ("full", "ci" or "custom") is recorded so that reports
     can flag a reduced run. Returns the measures (the content of measures.json).
     """
@@ -358,7 +470,10 @@ def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: i
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg.run.seed if sample_seed is None else sample_seed
     t0 = time.perf_counter()
-    summary = train_pair(cfg, log=log, ctx=DistContext())
+    if jobs > 1:
+        summary = train_in_parallel(cfg, jobs, log=log)
+    else:
+        summary = train_pair(cfg, log=log, ctx=DistContext())
     t_train = time.perf_counter() - t0
 
     arms, samples = [], {}
@@ -402,7 +517,7 @@ def run_synthetic(cfg: PairConfig, out: Path, *, groups: int = 64, group_size: i
         "arms": arms,
         "config": dataclasses.asdict(cfg),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "threads": torch.get_num_threads()},
+                     "threads": torch.get_num_threads(), "training_processes": jobs},
         "wall_s": {"train": t_train, "total": time.perf_counter() - t0},
     }
     write_atomic(out / SAMPLES, json.dumps(samples, indent=1))
