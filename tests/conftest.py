@@ -31,7 +31,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # first lets the short files fill in around them instead of leaving one worker alone with
 # a long file at the end.
 SLOWEST_FILES = (
-    "tests/repro/test_synthetic.py",  # 657 s
     "tests/evaluation/test_evalplus.py",  # 194 s
     "tests/test_end_to_end.py",  # 150 s
     "tests/training/test_memory_plan.py",  # 52 s
@@ -88,14 +87,20 @@ def z_gen(seed: int) -> torch.Generator:
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-# The offline mirror: $FTBENCH_DATA_DIR (`make test` sets it from DATA_DIR), else the
-# Makefile's default place for it beside the checkout.
-DATA_DIR = Path(os.environ.get("FTBENCH_DATA_DIR") or
-                Path(__file__).resolve().parents[1].parent / "shared" / "data")
+# The offline mirror (docs/data-mirror.md): $FTBENCH_DATA_DIR, which `make test` sets from
+# DATA_DIR. No guessed default: a test that needs the mirror fails, never skips, without it.
+DATA_DIR = Path(os.environ["FTBENCH_DATA_DIR"]) if os.environ.get("FTBENCH_DATA_DIR") else None
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    if DATA_DIR is None:
+        pytest.fail("FTBENCH_DATA_DIR is not set: run the tests through `make test "
+                    "DATA_DIR=/path/to/mirror` (`make data` builds one), or set "
+                    "FTBENCH_DATA_DIR to a data mirror laid out as in docs/data-mirror.md",
+                    pytrace=False)
     if not (DATA_DIR / "SHA256SUMS").is_file():
-        pytest.fail(f"the shared data mirror is missing at {DATA_DIR}")
+        pytest.fail(f"FTBENCH_DATA_DIR={DATA_DIR} holds no complete data mirror (no "
+                    "SHA256SUMS); build one with `ftbench data mirror DIR` or point "
+                    "FTBENCH_DATA_DIR at one (docs/data-mirror.md)", pytrace=False)
     return DATA_DIR
