@@ -19,6 +19,7 @@ from ftbench.report.overhead import (PAPER_OVERHEAD, RATIO_TOLERANCE, ArmCost, a
                                      eval_time_rows, load_text, measured_ratios, measured_text,
                                      overhead_rows, paper_overhead_text)
 from ftbench.report.protocols import between_text, gain_text, protocol_rows
+from ftbench.report.replica_groups import replica_groups
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
 from ftbench.repro.report import (find_repro, load_repro, synthetic_blocks,
                                    synthetic_seeds_blocks)
@@ -77,7 +78,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir, frame)
     _protocols_section(doc, arms)
-    _seeds_section(doc, arms, frame)
+    _seeds_section(doc, arms, frame, inp.models_root)
     _replicas_section(doc, arms, frame)
     _overhead_section(doc, arms, costs, figures_dir, inp.models_root)
     _training_section(doc, curves, figures_dir)
@@ -172,37 +173,56 @@ def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
                            "with the baseline depends on the protocol."))
 
 
-def _seeds_section(doc: Document, arms: list[ArmResults], frame) -> None:
-    """Runs that differ only by seed: mean ± sd of each arm's score and relative gain."""
-    by_arm: dict[str, list[ArmResults]] = {}
-    for a in arms:
-        by_arm.setdefault(a.arm, []).append(a)
-    if len(arms) < 2 or max(len(v) for v in by_arm.values()) < 2:
+def _seeds_section(doc: Document, arms: list[ArmResults], frame, models_root: Path) -> None:
+    """Runs that differ only by seed: mean ± sd of each arm's score and relative gain.
+    Runs are pooled only when their recorded configurations are equal once the seed is set
+    aside (replica_groups); others are kept apart and named."""
+    if len({a.run for a in arms}) < 2:
+        return
+    groups, notes = replica_groups(arms, models_root)
+    pooled = [g for g in groups if len(g.members) >= 2]
+    if not pooled and not notes:
+        return
+    doc.add(Heading("Across seeds"))
+    if notes:
+        doc.add(Banner("RUNS NOT POOLED AS SEEDS: " + "; ".join(notes) + ". Only runs whose "
+                       "configurations differ by the seed alone are pooled below."))
+    if not pooled:
+        doc.add(Paragraph("No arm has two runs that differ by the seed alone: nothing to pool."))
         return
     score = headline_scores(frame)
     baselines = {a.run: a for a in arms if a.arm == "baseline"}
     tasks = sorted({t for a in arms for t in a.results if t in HEADLINE})
-    header = ["benchmark", *(f"{name} (n runs)" for name in by_arm), "relative gain"]
+    names = [g.arm for g in pooled]
+
+    def label(g) -> str:
+        runs = ", ".join(m.run for m in g.members)
+        return f"{g.arm} ({runs})" if names.count(g.arm) > 1 else f"{g.arm} (n runs)"
+
+    header = ["benchmark", *(label(g) for g in pooled),
+              *(f"{label(g)}: relative gain" for g in pooled if g.arm != "baseline")]
     rows = []
     for task in tasks:
-        row, gains = [task], []
-        for name, group in by_arm.items():
-            scores = [score[(g.run, g.arm, task)] for g in group if task in g.results]
+        row, gain_cells = [task], []
+        for g in pooled:
+            scores = [score[(m.run, m.arm, task)] for m in g.members if task in m.results]
             row.append(f"{mean_sd_text(scores)} ({len(scores)})" if scores else "—")
-            if name != "baseline":
-                for g in group:
-                    base = baselines.get(g.run)
-                    if base and task in base.results and task in g.results:
-                        b = score[(base.run, base.arm, task)]
-                        if b > 0:
-                            gains.append(score[(g.run, g.arm, task)] / b - 1)
-        row.append(f"{mean_sd_text(gains)} %" if gains else "n/a")
-        rows.append(row)
-    doc.add(Heading("Across seeds"),
-            Paragraph("Each arm's score over the runs given (mean ± sample standard deviation "
-                      "across runs, in %), and the Free arms' relative gain over their own "
-                      "run's baseline. Spread across training seeds is the noise floor a "
-                      "single run's gain must clear."),
+            if g.arm == "baseline":
+                continue
+            gains = []
+            for m in g.members:
+                base = baselines.get(m.run)
+                if base and task in base.results and task in m.results:
+                    b = score[(base.run, base.arm, task)]
+                    if b > 0:
+                        gains.append(score[(m.run, m.arm, task)] / b - 1)
+            gain_cells.append(f"{mean_sd_text(gains)} %" if gains else "n/a")
+        rows.append(row + gain_cells)
+    doc.add(Paragraph("Each arm's score over runs whose configurations differ only by the "
+                      "training seed (mean ± sample standard deviation across runs, in %), "
+                      "and the Free arms' relative gain over their own run's baseline. "
+                      "Spread across training seeds is the noise floor a single run's gain "
+                      "must clear."),
             Table(header, rows))
 
 
