@@ -97,3 +97,10 @@ def test_a_dumped_config_hashes_like_the_original(path):
     assert data_key(again.data, again.run.seed, planned_tokens(again)) == key
     for a, b in zip(pair_arms(cfg, 1000), pair_arms(again, 1000)):
         assert arm_fingerprint(cfg, a, key) == arm_fingerprint(again, b, key)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_each_config_writes_the_run_its_size_names(path):
+    # `train-pair --size NAME` writes models/<run.name>/ and `ftbench report NAME` reads
+    # models/NAME and results/NAME: the two names must agree for every shipped config.
+    assert load_pair_config(path).run.name == path.stem
