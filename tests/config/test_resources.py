@@ -107,3 +107,11 @@ def test_the_unpacked_wheel_runs_from_another_folder(wheel, tmp_path, data_dir):
     plan = ftbench("train-pair", "--size", "toy", "--data-dir", str(data_dir), "--dry-run")
     assert "memory plan" in plan and "free-k0p5" in plan
     assert not (work / "models").exists()  # a dry run writes nothing
+
+
+def test_citation_names_the_package_version():
+    import yaml
+
+    import ftbench
+
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == ftbench.__version__
