@@ -53,7 +53,7 @@ def _human(n: float) -> str:
     return f"{n:.3g}"
 
 
-@app.command()
+@app.command(short_help="Parameters, FLOPs per token and the Free model's overhead.")
 def info(
     trained: Optional[Path] = typer.Argument(
         None, help="A trained run folder (models/<run>) or arm: count the model it holds."),
@@ -245,7 +245,7 @@ def _echo_budget(d: dict) -> None:
         typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
 
 
-@app.command()
+@app.command(short_help="Export a trained arm as a Hugging Face transformers folder.")
 def export(
     model_dir: Path = typer.Argument(..., help="An exported arm, e.g. models/toy/baseline."),
     hf: Path = typer.Option(..., "--hf", help="Write the Hugging Face folder here (new or "
@@ -386,7 +386,7 @@ def eval_(
         shutdown(ctx)
 
 
-@app.command()
+@app.command(short_help="Write the HTML and Markdown report of one or more runs.")
 def report(
     runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy "
                                      "(several runs of one config with different seeds are "
@@ -427,7 +427,7 @@ def report(
         typer.echo(f"wrote {to_html(doc, out_dir)}  (open it in a browser)")
 
 
-@app.command("results")
+@app.command("results", short_help="The runs' scores as one table (csv, json, md or parquet).")
 def results_table(
     runs: list[str] = typer.Argument(..., help="Run names under the results folder, e.g. toy."),
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, json or md."),
@@ -462,7 +462,7 @@ def results_table(
         _fail(str(e))
 
 
-@app.command("latent-info")
+@app.command("latent-info", short_help="How much information a Free arm's latent Z carries.")
 def latent_info(
     arms: list[Path] = typer.Argument(..., help="Exported Free arms, e.g. models/toy/free-k0p5."),
     windows: int = typer.Option(64, "--windows", help="Validation sequences to read."),
@@ -485,10 +485,13 @@ from ftbench.data.cli import data_app  # noqa: E402  (after the commands they jo
 from ftbench.doctor.cli import doctor as _doctor  # noqa: E402
 from ftbench.repro.cli import repro_app  # noqa: E402
 
-app.command("doctor")(_doctor)
+app.command("doctor", short_help="Check this machine before a long run, or rehearse one.")(
+    _doctor)
 
-app.add_typer(data_app, name="data")
-app.add_typer(repro_app, name="repro")
+app.add_typer(data_app, name="data",
+              short_help="Prepare, verify and trace training data; get the mirror.")
+app.add_typer(repro_app, name="repro",
+              short_help="The paper's experiments as scientific regression checks.")
 
 
 def main() -> None:

@@ -19,6 +19,23 @@ def test_every_command_has_help(command):
     assert "Usage" in result.output
 
 
+@pytest.mark.parametrize("group", [[], ["repro"]])
+def test_command_lists_give_whole_one_line_summaries(group):
+    # click cuts a summary that does not fit its column to "..." (or at the first ". ");
+    # every command's line must read as a whole sentence at the default 80 columns.
+    result = runner.invoke(app, group + ["--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    listing = result.output.split("Commands:\n", 1)[1]
+    rows = [line for line in listing.splitlines() if line.strip()]
+    names = [line.split()[0] for line in rows if line.startswith("  ") and
+             not line.startswith("   ")]
+    assert len(names) == len(rows), rows  # a summary wrapped onto a second line
+    assert len(names) >= (11 if not group else 1), names
+    for line in rows:
+        assert not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith("."), line  # cut at a ". " would drop the end
+
+
 def test_info_json_reports_overhead():
     result = runner.invoke(app, ["info", "--size", "1.5b", "--json"])
     assert result.exit_code == 0, result.output

@@ -101,7 +101,7 @@ def toy_size(argv: list[str], data_dir: Path) -> list[list[str]]:
     if argv[0] == "torchrun":  # one process here: the same command without the launcher
         argv = ["ftbench", *argv[argv.index("ftbench") + 1:]]
     assert argv[0] == "ftbench", f"classify this README command: {shlex.join(argv)}"
-    args = [str(data_dir) if a in ("DIR", "../shared/data") else a for a in argv[1:]]
+    args = [str(data_dir) if a == "DIR" else a for a in argv[1:]]
     command = args[0] if args[0] != "data" else f"data {args[1]}"
     size = args[args.index("--size") + 1] if "--size" in args else None
     if command == "train-pair" and "--dry-run" not in args:

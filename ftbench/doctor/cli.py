@@ -1,9 +1,7 @@
 """`ftbench doctor`: the check to run first on any machine, before a long job.
 
-Register in ftbench/cli.py with:
-    from ftbench.doctor.cli import doctor as _doctor  # noqa: E402
-    app.command("doctor")(_doctor)
-(nothing here imports torch at module level, so `ftbench --help` stays fast).
+ftbench/cli.py registers `doctor` as a command. Nothing here imports torch at module
+level, so `ftbench --help` stays fast.
 """
 
 from __future__ import annotations
@@ -144,7 +142,7 @@ def _simulate(size, config, overrides, world_size, nodes, gpu, layers, as_json) 
 
 
 def main() -> None:
-    """`python -m ftbench.doctor.cli` until the command is registered in ftbench/cli.py."""
+    """`python -m ftbench.doctor.cli`: the doctor alone, without the rest of the CLI."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(doctor)
     app()
