@@ -212,6 +212,36 @@ def summarise(scored: dict, n_samples: int) -> tuple[dict, dict, dict | None]:
     return metrics, per_item, spread
 
 
+def deviations(task: str, *, n_samples: int, arch: str, temperature: float,
+               limits: dict | None, sandbox: dict | None) -> list[str]:
+    """What this result does differently from a plain EvalPlus 0.3.1 run (codegen with a
+    direct-completion model, then evaluate), recorded in the result and the report."""
+    out = []
+    if task == "humanevalplus":
+        out.append("HumanEval/32: EvalPlus's special oracle fails every solution (the "
+                   "canonical one too); ftbench checks the same property (|poly(x)| <= atol) "
+                   "in the same sandbox")
+    out.append("memory: each sample may map up to 12 GB of new memory (EvalPlus: 4 GiB, "
+               "which fails the canonical Mbpp/255), fewer samples at once to fit the machine")
+    scale = ((sandbox or {}).get("time_limits") or {}).get("rescore_scale")
+    if scale:
+        out.append(f"time limits: a sample that timed out or failed only by a per-input "
+                   f"time limit is rescored alone at {scale:g}x the limits, so a correct "
+                   f"but slow solution can pass where EvalPlus fails it")
+    if limits and (limits.get("capped") or limits.get("context_truncated")):
+        out.append(f"context: the model's {limits['max_seq_len']} tokens allow "
+                   f"{limits['cap']} new tokens (EvalPlus: {EVALPLUS_MAX_NEW_TOKENS}); "
+                   f"{limits['context_truncated']} prompts lost their first tokens")
+    if arch == "free":
+        out.append(f"samples: n={n_samples} per prompt, each with its own Z"
+                   + (", greedy tokens (pass@k here is over Z, not EvalPlus's "
+                      "temperature-sampled pass@k)" if temperature == 0 else
+                      f", temperature {temperature:g}"))
+    elif n_samples > 1:
+        out.append(f"samples: n={n_samples} per prompt at temperature {temperature:g}")
+    return out
+
+
 def write_samples(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +258,9 @@ def oracle_samples(problems: list[dict]) -> list[dict]:
 
 def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temperature: float,
                      max_new_tokens: int, batch_size: int, seed: int) -> list[dict] | None:
-    """Direct completion of each prompt; cut at EvalPlus's stop strings; sanitised.
+    """Direct completion of each prompt as EvalPlus's codegen makes it: its prompt
+    (`evalplus_prompt`), its stop strings (`stop_strings`), its sanitiser, whose result is
+    kept even when empty. What still differs from EvalPlus is listed by `deviations`.
 
     Sample i of a prompt draws its Z (and, at a temperature, its tokens) from streams
     seeded by (seed, i, prompt): nothing depends on the batching, so under torchrun (rank r
@@ -259,8 +291,8 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
              token_generator=torch.Generator().manual_seed(0), amp=lm.amp)
     for s in tqdm(starts, desc=f"{task} generation", disable=rank != 0):
         chunk = jobs[s:s + batch_size]
-        prompts = [tok.encode(p["prompt"])[-(model.cfg.max_seq_len - budget):] or [tok.eot_id]
-                   for p, _ in chunk]
+        prompts = [tok.encode(evalplus_prompt(p))[-(model.cfg.max_seq_len - budget):]
+                   or [tok.eot_id] for p, _ in chunk]
         keys = [context_key(ids) for ids in prompts]
         t0 = time.perf_counter()
         out = generate(model, prompts, cfg, pad_id=tok.pad_id, z_protocol=lm.z.protocol,
@@ -281,11 +313,13 @@ def generate_samples(lm, task: str, problems: list[dict], n_samples: int, temper
             completion = raw
             for stop in stops:
                 completion = completion.split(stop)[0]
-            code = p["prompt"] + completion
+            code = evalplus_prompt(p) + completion
+            # As EvalPlus's codegen: the sanitised program, even when sanitising leaves
+            # nothing (the sample then fails).
             rows.append({"task_id": p["task_id"], "index": i, "raw": raw,
                          "completion": completion, "n_new_tokens": n_new,
                          "gen_seconds": share,
-                         "solution": sanitize(code, p["entry_point"]) or code, "_job": s + j})
+                         "solution": sanitize(code, p["entry_point"]), "_job": s + j})
     if world > 1:
         gathered = lm.gather_object(rows, dst=0)
         if rank != 0:

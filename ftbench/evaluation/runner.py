@@ -332,12 +332,13 @@ def code_prompt_limits(lm, problems: list[dict], max_new_tokens: int) -> dict:
     """The "generation.limits" block of a code task: EvalPlus prompts shortened to fit the
     context, by the same rule as lm-eval prompts (`generation_budget`, which
     evalplus_runner.generate_samples applies too: one budget for every prompt)."""
+    from ftbench.evaluation.evalplus_runner import evalplus_prompt
     from ftbench.evaluation.lm_eval_adapter import GenerationLimits, generation_budget
 
     limits = GenerationLimits(lm.max_length)
     for p in problems:
-        _, allowed, dropped = generation_budget(lm.tok_encode(p["prompt"]), max_new_tokens,
-                                                lm.max_length)
+        _, allowed, dropped = generation_budget(lm.tok_encode(evalplus_prompt(p)),
+                                                max_new_tokens, lm.max_length)
         limits.add(max_new_tokens, allowed, dropped)
     return limits.record()
 
@@ -356,9 +357,10 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
         n = 1
     else:
         n = lm.z_samples
-        limits = code_prompt_limits(lm, problems, s.max_gen_toks * 2)
-        rows = ep.generate_samples(lm, task, problems, n, s.temperature, s.max_gen_toks * 2,
-                                   s.batch_size, s.seed)
+        # EvalPlus's own budget, whatever --max-gen-toks says (that is lm-eval's).
+        limits = code_prompt_limits(lm, problems, ep.EVALPLUS_MAX_NEW_TOKENS)
+        rows = ep.generate_samples(lm, task, problems, n, s.temperature,
+                                   ep.EVALPLUS_MAX_NEW_TOKENS, s.batch_size, s.seed)
         if rows is None:  # not rank 0: its samples went to rank 0, which scores them
             return None
         new_tokens = sum(r["n_new_tokens"] for r in rows)
@@ -383,7 +385,11 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
             **({"model_s": generation["seconds"]} if generation else {}),
             "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",
             "samples_file": samples_path.name, "n_samples": n, "sandbox": scored["sandbox"],
-            "generation": generation}
+            "generation": generation,
+            "deviations": ep.deviations(
+                task, n_samples=n, arch=getattr(getattr(lm, "model", None), "arch", "oracle"),
+                temperature=s.temperature, limits=(generation or {}).get("limits"),
+                sandbox=scored["sandbox"])}
 
 
 def evaluate_models(model_dirs: list[Path | None], tasks: list[str], s: EvalSettings,

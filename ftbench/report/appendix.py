@@ -60,7 +60,24 @@ def results_blocks(arms: list[ArmResults]) -> list:
     if estimators:
         blocks.append(Paragraph("Estimators, as the results files state them:"))
         blocks.append(Bullets([f"{est} ({', '.join(where)})" for est, where in estimators.items()]))
+    blocks += deviation_blocks(arms)
     return blocks
+
+
+def deviation_blocks(arms: list[ArmResults]) -> list:
+    """What the code results do differently from a plain EvalPlus run, as each results
+    file lists it ("deviations"; files written before it was recorded say nothing)."""
+    found: dict[str, list[str]] = {}
+    for a in arms:
+        for task, r in sorted(a.results.items()):
+            for d in r.get("deviations") or []:
+                found.setdefault(d, []).append(f"{a.arm}/{task}")
+    if not found:
+        return []
+    return [Paragraph("Deviations from plain EvalPlus 0.3.1 (prompt, stop strings, sanitiser "
+                      "and the 768-token budget are EvalPlus's own), as the results files "
+                      "list them:"),
+            Bullets([f"{d} ({', '.join(where)})" for d, where in found.items()])]
 
 
 def _sections(d: dict) -> list[tuple[str, list[tuple[str, object]]]]:

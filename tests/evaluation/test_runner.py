@@ -341,11 +341,14 @@ def test_code_prompts_shortened_to_fit_are_counted(toy_pair_dir):
     from ftbench.evaluation.runner import code_prompt_limits
 
     lm = FtbenchLM(path=str(toy_pair_dir / "baseline"))  # context 64
-    problems = [{"prompt": "K>__"}, {"prompt": "M>__MM!" * 10}]  # 4 and 70 tokens
+    problems = [{"prompt": "K>__"}, {"prompt": "\n\nM>__MM!" * 10}]
+    # EvalPlus's prompt is prompt.strip() + "\n": the second one is then n tokens long.
+    n = len(lm.tok_encode(problems[1]["prompt"].strip() + "\n"))
+    assert n > 64
     limits = code_prompt_limits(lm, problems, 512)
     assert limits == {"max_seq_len": 64, "cap": 32, "requests": 2,
                       "max_gen_toks_requested": [512], "capped": 2, "context_truncated": 1,
-                      "context_tokens_dropped": 70 - 32, "context_tokens_dropped_max": 70 - 32}
+                      "context_tokens_dropped": n - 32, "context_tokens_dropped_max": n - 32}
     assert code_prompt_limits(lm, problems[:1], 16)["capped"] == 0
 
 
