@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tarfile
 import time
 import urllib.error
@@ -94,8 +93,7 @@ def download(url: str, dest: Path, sha256: str, size: int | None = None, label: 
         try:
             _fetch_into(url, part, have, size, label, progress, timeout)
             break
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                socket.timeout, TimeoutError) as e:
+        except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
             if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502,
                                                                          503, 504):
                 raise MirrorError(f"{label}: {url} answered HTTP {e.code} ({e.reason}); check "
@@ -385,6 +383,9 @@ def build_mirror(dest: Path, manifest: dict | None = None, base_url: str | None 
     """
     manifest = manifest or load_manifest()
     base_url = base_url if base_url is not None else (os.environ.get(ENV_BASE_URL) or None)
+    if base_url and not re.match(r"(https?|file)://", base_url):
+        raise MirrorError(f"base URL {base_url!r} has no scheme; give it as http://HOST[:PORT]"
+                          "/PATH, https://... or file:///PATH")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     cache = dest / CACHE

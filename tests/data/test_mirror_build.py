@@ -242,3 +242,9 @@ def test_a_build_retries_a_dropped_connection_itself(tmp_path, server, data_dir)
     mb.build_mirror(out, base_url=server.url, progress=False, log=lambda m: None, only=[path])
     assert [r.range for r in server.requests if r.path == "/" + path] == [None, "bytes=12345-"]
     assert sha(out / path) == sha(data_dir / path)
+
+
+def test_a_base_url_without_scheme_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(mb.MirrorError, match="no scheme"):
+        mb.build_mirror(tmp_path / "m", base_url="localhost:8000", progress=False)
+    assert not (tmp_path / "m").exists()
