@@ -40,6 +40,12 @@ Per-item outcomes keep the document ids, so two arms can be compared item by ite
 "context_tokens_dropped_max"}}: prompts left-truncated to fit the model (lm-eval's rule,
 one cut per context, so an item's choices keep one context); "contexts" are the distinct
 contexts scored, one per multiple-choice item.
+"generation.workload" (schema 3): the fixed decode workload timed on the arm after the
+task (ftbench.inference.workload; the same shape for every arm, so generation speed
+compares like for like): {"rows", "batch_size", "prompt_tokens", "new_tokens",
+"generated", "repeats", "seconds" (median), "seconds_all", "tokens_per_s", "load_avg"}.
+"generation.new_tokens" counts the tokens rows really generated, cut at their stop.
+"deviations" (code tasks, schema 3): what differs from a plain EvalPlus 0.3.1 run.
 Schema 1 and 2 files (without the schema 3 blocks) are still read.
 """
 

@@ -282,7 +282,8 @@ def lm_eval_replicated(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
                                                if seconds > 0 else None),
                               "batch_size": s.batch_size, "world_size": lm.world_size,
                               "device": str(lm.device), "limits": limits,
-                              "load_avg": load_average()}
+                              "load_avg": load_average(),
+                              "workload": decode_workload(lm, s)}
         body["model_s"] = seconds
         return body
     from ftbench.evaluation.lm_eval_adapter import LoglikelihoodLimits
@@ -319,6 +320,19 @@ def lm_eval_replicated(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
                        "protocols": per_draw} if per_draw is not None else
                       {"kind": "z_draws", "n": lm.z.draws, "unavailable": why})
     return body
+
+
+def decode_workload(lm, s: EvalSettings) -> dict:
+    """The fixed decode workload timed on this arm (ftbench.inference.workload): the same
+    rows and batch shape for every arm, so that generation speed compares like for like.
+    The task's own generation time above holds n rows per prompt for a Free arm and one for
+    a baseline."""
+    from ftbench.inference.workload import time_decode_workload, workload_shape
+
+    out = time_decode_workload(lm.model, workload_shape(lm.max_length, s.batch_size),
+                               amp=lm.amp, z_protocol=lm.z.protocol)
+    out["load_avg"] = load_average()
+    return out
 
 
 def code_data_fingerprint(mirror: Path | None, task: str, cache: Path) -> dict:
@@ -372,7 +386,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
                       "tokens_per_s": new_tokens / seconds if seconds > 0 else None,
                       "batch_size": s.batch_size, "world_size": getattr(lm, "world_size", 1),
                       "device": str(getattr(lm, "device", "cpu")), "limits": limits,
-                      "load_avg": load_average()}
+                      "load_avg": load_average(), "workload": decode_workload(lm, s)}
     samples_path = out.with_suffix(".samples.jsonl")
     ep.write_samples(samples_path, rows)
     scored = ep.score_samples(task, problems_path, samples_path,

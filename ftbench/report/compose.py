@@ -310,10 +310,15 @@ def _measured_table(doc: Document, pairs, measured, multi: bool) -> None:
     doc.add(Paragraph(
         "Measured time per token, Free/baseline (time: wall clock): training from every "
         "step's wall and CPU time (metrics.jsonl; CPU time counts this process's work only, "
-        "so other jobs inflate it less), generation from the generative tasks. ± is twice the ratio's relative sd: "
-        "the spread over logging intervals of training (the first quarter of steps skipped as "
-        "warm-up), or over tasks for generation. Load is the machine's mean 1-minute load "
-        "average while each arm trained (baseline / Free). A ratio more than "
+        "so other jobs inflate it less); generation from a fixed decode workload that each "
+        "arm timed after each generative task, with the same rows, prompt length, new tokens "
+        "and batch shape for both arms (like for like; a task's own generation is not: a "
+        "Free arm generates n rows per prompt, the baseline one). Results without that "
+        "workload fall back on the tasks' timings, marked \"workload differs\" and greyed, "
+        "whatever the load. ± is twice the ratio's relative sd: the spread over logging "
+        "intervals of training (the first quarter of steps skipped as warm-up), or over "
+        "tasks for generation. Load is the machine's 1-minute load average while each arm "
+        "ran (baseline / Free). A like-for-like ratio more than "
         f"{100 * RATIO_TOLERANCE:.0f} % from its analytic counterpart is marked unreliable "
         "and greyed: the arms ran at different times on a shared machine, so such a gap "
         "measures the machine, not the model. CPU time on a GPU is host time only."))
@@ -330,7 +335,17 @@ def _measured_table(doc: Document, pairs, measured, multi: bool) -> None:
     doc.add(Table((["arm"] if multi else []) + ["measured", "Free/baseline", "analytic",
                                                  "load", "reading"], rows, muted=muted))
     for b, f in pairs:
-        bad = [m for m in measured[(f.run, f.arm)] if m.note]
+        differs = [m for m in measured[(f.run, f.arm)]
+                   if m.note and m.note.startswith("workload differs")]
+        if differs:
+            doc.add(Banner(
+                f"GENERATION TIMES NOT COMPARABLE: {f.arm}: the results hold no fixed decode "
+                "workload, so generation was timed on each arm's own task workload (n rows "
+                "per prompt for a Free arm, one for the baseline): "
+                + "; ".join(f"{m.label} {m.ratio:.3f}x" for m in differs)
+                + " is the workloads' difference, not the model's nor the machine's. Re-run "
+                "`ftbench eval` to time the fixed workload."))
+        bad = [m for m in measured[(f.run, f.arm)] if m.note and m not in differs]
         if bad:
             # One warning per arm: the table holds each ratio's reason.
             loads = [x for m in bad for x in (m.load_base, m.load_free) if x is not None]

@@ -74,7 +74,9 @@ def read_model_meta(models_root: Path, run: str, arm: str) -> dict | None:
 
 
 def _generation_speed(results: ArmResults | None) -> tuple[float | None, str | None]:
-    """Tokens/s over every code task of the arm (total new tokens / total seconds)."""
+    """Tokens/s over every generative task of the arm (total new tokens / total seconds):
+    the tasks' own workloads, which differ between arms (n rows per prompt for a Free arm);
+    measured_ratios compares the fixed decode workload instead where it was timed."""
     if results is None:
         return None, None
     gens = [r["generation"] for r in results.results.values() if r.get("generation")]
@@ -258,6 +260,8 @@ class MeasuredRatio:
         """The figure's label for a ratio that is not a finding: "unreliable: load X"."""
         if self.note is None:
             return None
+        if self.note.startswith("workload differs"):
+            return "workload differs"
         known = [x for x in (self.load_base, self.load_free) if x is not None]
         return f"unreliable: load {max(known):.1f}" if known else "unreliable: load not recorded"
 
@@ -286,21 +290,53 @@ def _combine(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else (a * a + b * b) ** 0.5
 
 
+WORKLOAD_DIFFERS = ("workload differs: task timings (a Free arm generates n rows per "
+                    "prompt, the baseline one, so batch fills and stops differ), not a like-"
+                    "for-like time; re-run `ftbench eval` to time the fixed decode workload")
+
+
+def _workload_shape(w: dict) -> tuple:
+    return tuple(w.get(k) for k in ("rows", "batch_size", "prompt_tokens", "new_tokens"))
+
+
 def _generation_ratios(base: ArmResults | None, free: ArmResults | None):
-    """Per task (time per token Free / baseline) where both arms generated, plus their
-    loads if the results recorded one."""
+    """Per task, time per generated token Free / baseline, with the loads and whether it is
+    like for like: (ratios, loads, True) from the fixed decode workload both arms timed
+    with one shape (results' generation.workload); (ratios, loads, False) from the tasks'
+    own generation when a file lacks it; ([], [], None) when nothing was timed."""
     if base is None or free is None:
-        return [], []
-    ratios, loads = [], []
-    for task, r in free.results.items():
+        return [], [], None
+    pairs = []
+    for task, r in sorted(free.results.items()):
         g, b = r.get("generation"), (base.results.get(task) or {}).get("generation")
-        if not g or not b or g.get("seconds", 0) <= 0 or b.get("seconds", 0) <= 0:
+        if g and b:
+            pairs.append((g, b))
+    workloads = [(g.get("workload"), b.get("workload")) for g, b in pairs]
+    if pairs and all(fw and bw and _workload_shape(fw) == _workload_shape(bw)
+                     and fw.get("seconds", 0) > 0 and bw.get("seconds", 0) > 0
+                     for fw, bw in workloads):
+        ratios = [(fw["seconds"] / fw["generated"]) / (bw["seconds"] / bw["generated"])
+                  for fw, bw in workloads]
+        loads = [x.get("load_avg") for fw, bw in workloads for x in (fw, bw)]
+        return ratios, loads, True
+    ratios, loads = [], []
+    for g, b in pairs:
+        if g.get("seconds", 0) <= 0 or b.get("seconds", 0) <= 0:
             continue
         if not g.get("new_tokens") or not b.get("new_tokens"):
             continue
         ratios.append((g["seconds"] / g["new_tokens"]) / (b["seconds"] / b["new_tokens"]))
         loads += [x.get("load_avg") for x in (g, b)]
-    return ratios, loads
+    return ratios, loads, (False if ratios else None)
+
+
+def _workload_ratio(base: ArmResults, free: ArmResults) -> float:
+    """Free/baseline time per token over every task's fixed workload (totals)."""
+    def per_token(arm: ArmResults) -> float:
+        ws = [r["generation"]["workload"] for r in arm.results.values()
+              if (r.get("generation") or {}).get("workload")]
+        return sum(w["seconds"] for w in ws) / sum(w["generated"] for w in ws)
+    return per_token(free) / per_token(base)
 
 
 def measured_ratios(base: ArmCost, free: ArmCost, base_records: list[dict],
@@ -337,18 +373,32 @@ def measured_ratios(base: ArmCost, free: ArmCost, base_records: list[dict],
                                  None, None,
                                  None if ratio is None else
                                  judge(ratio, None, train_flops, [])))
-    per_task, gen_loads = _generation_ratios(base_results, free_results)
-    ratio = (base.gen_tokens_per_s / free.gen_tokens_per_s
-             if base.gen_tokens_per_s and free.gen_tokens_per_s else None)
+    per_task, gen_loads, like = _generation_ratios(base_results, free_results)
+    if like:
+        ratio = _workload_ratio(base_results, free_results)
+    else:
+        ratio = (base.gen_tokens_per_s / free.gen_tokens_per_s
+                 if base.gen_tokens_per_s and free.gen_tokens_per_s else None)
     spread = None
     if len(per_task) > 1:
         import statistics
         spread = statistics.stdev(per_task) / statistics.fmean(per_task)
-    known = [x for x in gen_loads if x is not None]
-    out.append(MeasuredRatio("generation time / token (measured)", ratio, spread, decode_flops,
-                             "decode FLOPs", max(known) if known else None, None,
-                             None if ratio is None else
-                             judge(ratio, spread, decode_flops, gen_loads)))
+    loads = [x for x in gen_loads if x is not None]
+    if ratio is None:
+        note = None
+    elif like:
+        note = judge(ratio, spread, decode_flops, loads)
+    else:
+        # Different workloads: the gap is not the model's, and not the machine's either.
+        note = WORKLOAD_DIFFERS
+    label = ("generation time / token (measured, fixed workload)" if like else
+             "generation time / token (measured)")
+    # gen_loads alternates free, baseline.
+    free_loads = [x for x in gen_loads[0::2] if x is not None]
+    base_loads = [x for x in gen_loads[1::2] if x is not None]
+    out.append(MeasuredRatio(label, ratio, spread, decode_flops, "decode FLOPs",
+                             max(base_loads) if base_loads else None,
+                             max(free_loads) if free_loads else None, note))
     return out
 
 

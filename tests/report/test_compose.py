@@ -52,8 +52,14 @@ def roots(tmp_path):
                          _result("gsm8k", "math", "exact_match,strict-match", _outcomes(rate),
                                  arch=arch))
             code = _result("humanevalplus", "code", "pass@1,plus", _outcomes(0.1), arch=arch)
-            code["generation"] = {"new_tokens": 1000, "seconds": 2.0 if arch == "baseline"
-                                  else 2.5, "device": "cpu"}
+            # The task's own timing (the Free arm generated 5x the rows) and the fixed
+            # decode workload timed on both arms with one shape.
+            code["generation"] = {"new_tokens": 1000 if arch == "baseline" else 5000,
+                                  "seconds": 2.0 if arch == "baseline" else 6.0, "device": "cpu",
+                                  "workload": {"rows": 16, "batch_size": 8,
+                                               "prompt_tokens": 64, "new_tokens": 64,
+                                               "generated": 1024, "load_avg": 1.5,
+                                               "seconds": 2.0 if arch == "baseline" else 2.5}}
             write_result(results / run / arm / "humanevalplus.json", code)
             _write_model(models, run, arm, arch, 1000.0 if arch == "baseline" else 800.0,
                          2**30 if arch == "baseline" else 2**30 + 2**28, seed)
@@ -93,9 +99,12 @@ def test_report_holds_the_expected_numbers(roots, tmp_path):
     assert train[1] == "1.250x" and train[2] == f"{analytic:.3f}x (training FLOPs)"
     assert train[4] == (f"unreliable: {100 * (1.25 / analytic - 1):+.0f} % off analytic, no "
                         "spread recorded, load not recorded")
-    gen = timing["generation time / token (measured)"]
+    # Like for like: the fixed workload's 2.5 s against 2.0 s, not the tasks' 6/5000 against
+    # 2/1000 (0.6x: five times the rows in fuller batches).
+    gen = timing["generation time / token (measured, fixed workload)"]
     assert gen[1] == "1.250x" and gen[2] == "1.000x (decode FLOPs)"
-    assert gen[4] == "unreliable: +25 % off analytic, no spread recorded, load not recorded"
+    assert gen[3] == "1.5 / 1.5"
+    assert gen[4] == "unreliable: +25 % off analytic, no spread recorded, load 1.5"
     row = measured.rows.index(gen)
     assert {(row, j) for j in range(5)} <= measured.muted
     toy = get_preset("toy")
@@ -237,3 +246,22 @@ def test_overhead_shows_the_measured_evaluation_time_per_arm_and_task(roots, tmp
     # Without the model's share, the ratio falls back on wall times.
     assert rows["humanevalplus"] == ["1 s; 1 pass", "1 s; n=1; 1.00x (wall)"]
     assert rows["all benchmarks"] == ["11 s (model 2.0 s)", "43 s (model 9.0 s)"]
+
+
+def test_generation_without_a_fixed_workload_says_the_workload_differs(roots, tmp_path):
+    results, models = roots
+    for arm in ("baseline", "free-k0p5"):
+        path = results / "s0" / arm / "humanevalplus.json"
+        r = json.loads(path.read_text())
+        del r["generation"]["workload"]
+        write_result(path, r)
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    gen = next(r for r in _table(doc, "measured").rows
+               if r[0] == "generation time / token (measured)")
+    # Tasks' own timings: (6 / 5000) / (2 / 1000) = 0.6x, read as a workload difference,
+    # never as the machine's load.
+    assert gen[1] == "0.600x" and gen[4].startswith("workload differs")
+    assert "load" not in gen[4].split("workload differs")[1].split(";")[0]
+    banners = [b.text for b in doc.blocks if isinstance(b, Banner)]
+    assert any(t.startswith("GENERATION TIMES NOT COMPARABLE") for t in banners)
+    assert not any("UNRELIABLE OVERHEAD" in t and "generation" in t for t in banners)

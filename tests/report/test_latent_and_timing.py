@@ -155,15 +155,18 @@ def test_generation_spread_comes_from_the_tasks(roots, tmp_path):
     for arm, secs in (("baseline", (1.0, 2.0)), ("free-k0p5", (1.1, 2.1))):
         for task, s in zip(("gsm8k", "mmlu"), secs):
             r = json.loads((results / "r" / arm / f"{task}.json").read_text())
-            r["generation"] = {"new_tokens": 1000, "seconds": s, "device": "cpu",
-                               "load_avg": 2.5}
+            r["generation"] = {"new_tokens": 1000, "seconds": 9.9, "device": "cpu",
+                               "load_avg": 2.5,
+                               "workload": {"rows": 16, "batch_size": 8, "prompt_tokens": 64,
+                                            "new_tokens": 64, "generated": 1000, "seconds": s,
+                                            "load_avg": 2.5 if arm == "baseline" else 3.0}}
             write_result(results / "r" / arm / f"{task}.json", r)
     arms = {a.arm: a for a in collect(results, ["r"])}
     b, f = (arm_cost(models, "r", n, arms[n]) for n in ("baseline", "free-k0p5"))
     gen = measured_ratios(b, f, [], [], arms["baseline"], arms["free-k0p5"])[-1]
     assert gen.ratio == pytest.approx(3.2 / 3.0)
     assert gen.spread == pytest.approx(abs(1.1 - 1.05) / (2 ** 0.5) / 1.075, rel=1e-6)
-    assert gen.load_base == 2.5 and gen.reliable
+    assert gen.load_base == 2.5 and gen.load_free == 3.0 and gen.reliable
 
 
 def test_final_training_ce_is_a_running_mean(roots, tmp_path):
