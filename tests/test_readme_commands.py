@@ -197,3 +197,116 @@ def test_readme_command_blocks_run_at_toy_size(tmp_path, monkeypatch, data_dir):
     assert "vocabulary" in output_of("ftbench info models/toy")
     assert "MI" in output_of("ftbench latent-info models/toy/free-k0p5")
     assert (tmp_path / "models/toy/free-k0p5/latent_info.json").is_file()
+
+
+# The shell blocks elsewhere: the README outside "## Commands", docs/*.md and examples/*.md.
+# A line that the Commands section also holds runs in the test above. Every other line is
+# either listed here with why it does not run as part of the suite, or is not ftbench's
+# (make, pip, scripts: see below); its ftbench arguments are still parsed by the CLI, so an
+# option renamed or a value of the wrong type in a document fails this test.
+NOT_RUN = {
+    "ftbench data mirror data-mirror":
+        "downloads the mirror from the internet; tests/data/test_mirror_build.py builds it "
+        "from a local server",
+    "ftbench doctor --size 1.5b --layers 2 --seq 4096 --batch 2":
+        "the 1.5B shape's 2^17 vocabulary at 4,096 tokens: a GPU check (benchmarks/gpu_check.sh "
+        "runs it); tests/doctor runs the doctor at CPU sizes",
+    "ftbench train-pair --size 1.5b --dry-run --world-size 8":
+        "the Commands section runs the same dry run with --device-memory 80GB",
+    "torchrun --nproc_per_node=8 -m ftbench eval models/1.5b --suite code,math,qa "
+    "--data-dir DIR":
+        "needs a trained 1.5B pair and 8 GPUs; tests/evaluation/test_distributed_eval.py runs "
+        "eval under torchrun at toy size",
+    "ftbench report 1.5b":
+        "needs the 1.5B pair's results; the Commands section runs `ftbench report toy`",
+}
+DOCUMENTS = ["README.md", *sorted(p.relative_to(ROOT).as_posix()
+                                  for p in (ROOT / "docs").glob("*.md")),
+             *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").glob("*.md"))]
+
+
+def shell_lines(text: str) -> list[str]:
+    """Command lines of the ``` / ```bash / ```sh blocks (continuations joined); other
+    languages (python, bibtex, yaml) are not commands."""
+    lines = []
+    for match in re.finditer(r"^```([\w-]*)\n(.*?)^```", text, re.M | re.S):
+        if match.group(1) in ("", "bash", "sh", "console", "shell"):
+            for line in match.group(2).replace("\\\n", " ").splitlines():
+                line = " ".join(shlex.split(line, comments=True))
+                if line:
+                    lines.append(line)
+    return lines
+
+
+def ftbench_args(line: str) -> list[str] | None:
+    """The arguments after `ftbench` (also under torchrun or python -m), else None."""
+    argv = shlex.split(line)
+    while argv and re.fullmatch(r"[A-Z_]+=.*", argv[0]):  # VAR=value prefixes
+        argv = argv[1:]
+    if not argv:
+        return None
+    if argv[0] == "ftbench":
+        return argv[1:]
+    if argv[0] in ("torchrun", "python", "python3") and "ftbench" in argv:
+        i = argv.index("ftbench")
+        if argv[i - 1] == "-m":
+            return argv[i + 1:]
+    return None
+
+
+def parse_only(args: list[str]):
+    """Parse `ftbench ARGS` as the CLI would, without running the command."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("ftbench", list(args))
+    while hasattr(command, "resolve_command"):  # a group: descend into the subcommand
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        name, command, rest = command.resolve_command(ctx, rest)
+        ctx = command.make_context(name, rest, parent=ctx)
+    return ctx
+
+
+def test_documents_shell_blocks_run_or_say_why_not():
+    readme = (ROOT / "README.md").read_text()
+    run_above = set(readme_commands(readme))
+    makefile = (ROOT / "Makefile").read_text()
+    seen, problems = set(), []
+    for doc in DOCUMENTS:
+        for line in shell_lines((ROOT / doc).read_text()):
+            seen.add(line)
+            argv = shlex.split(line)
+            args = ftbench_args(line)
+            if args is not None:
+                if line not in run_above and line not in NOT_RUN:
+                    problems.append(f"{doc}: `{line}` is neither run by the Commands test nor "
+                                    "listed in NOT_RUN with a reason")
+                if "..." not in args:  # a placeholder: lm_eval_main's own CLI
+                    try:
+                        parse_only([a for a in args if not a.startswith("[")])
+                    except Exception as e:  # click's UsageError and its subclasses
+                        problems.append(f"{doc}: `{line}`: {e}")
+            elif argv[0] == "make":
+                targets = [a for a in argv[1:] if "=" not in a]
+                problems += [f"{doc}: `{line}`: no target {t}" for t in targets
+                             if not re.search(rf"^{re.escape(t)}:", makefile, re.M)]
+            elif argv[0] in ("pip", "python3", "tensorboard", "wandb", "sha256sum"):
+                pass  # installers and other tools: not ftbench's to test
+            else:  # a script of this repository, run by bash, sbatch or a variable prefix
+                scripts = [a for a in argv if "/" in a and not a.startswith(("-", "/"))
+                           and "=" not in a]
+                problems += [f"{doc}: `{line}`: no file {s}" for s in scripts
+                             if not (ROOT / s).exists()]
+    assert not problems, "\n".join(problems)
+    assert set(NOT_RUN) <= seen, set(NOT_RUN) - seen  # none stale
+
+
+def test_the_document_check_catches_a_renamed_option():
+    # The parser the check above relies on refuses what the CLI refuses.
+    import pytest
+
+    with pytest.raises(Exception, match="No such option: --sizee"):
+        parse_only(["data", "prepare", "--sizee", "1.5b"])
+    with pytest.raises(Exception, match="integer"):
+        parse_only(["train-pair", "--size", "1.5b", "--world-size", "eight"])
+    assert parse_only(["doctor", "--simulate", "--size", "1.5b"]).params["simulate"] is True
