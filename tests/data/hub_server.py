@@ -5,9 +5,16 @@ support, and can misbehave on purpose: drop the connection part-way through a fi
 serve other bytes than the file holds. Every request is logged.
 
 `HubServer` answers as the Hugging Face hub does for one dataset repository of Parquet
-files: the endpoints that `huggingface_hub` and `datasets` call for a streamed
-`load_dataset(..., streaming=True)` and for a file download (`hf_hub_download`). Point
-`HF_ENDPOINT` at `server.url`.
+files (and, optionally, its README.md dataset card with `configs`). Point `HF_ENDPOINT` at
+`server.url`. It implements what `huggingface_hub` and `datasets` ask for in a streamed
+`load_dataset(..., streaming=True)` and in `hf_hub_download` (found by logging requests):
+
+- GET  /api/datasets/<repo>[/revision/<rev>]   the repository's info (commit, files)
+- GET  /api/datasets/<repo>/tree/<rev>[/<dir>]   a folder's listing
+- HEAD/GET /datasets/<repo>/resolve/<rev>/<path>   a file, with Range reads
+
+Anything else is answered 404, as the hub answers for files a repository lacks (the
+dataset script, .huggingface.yaml, dataset_infos.json are probed that way).
 """
 
 from __future__ import annotations
@@ -205,8 +212,6 @@ class HubServer(FileServer):
                                           for k in known):
                 return 404, b'{"error": "not found"}', js
             return 200, self._tree(sub), js
-        if path.startswith(f"{api}/paths-info/"):
-            return 200, b"[]", js
         m = re.fullmatch(rf"/datasets/{re.escape(self.repo_id)}/resolve/([^/]+)/(.+)", path)
         if m:
             f = self.files.get(m.group(2))

@@ -100,12 +100,34 @@ def hub_env(tmp_path):
             "PYTHONPATH": str(ROOT)}
 
 
+CARD = """---
+configs:
+- config_name: other
+  data_files:
+  - split: train
+    path: other/*.parquet
+- config_name: sample-10
+  data_files:
+  - split: train
+    path: sample/10/*.parquet
+---
+A dataset card whose configs name folders of Parquet files, as large hub datasets do;
+the first is the one read when no config is named.
+"""
+
+
 def test_hf_source_prepares_the_same_shards_as_its_parquet_files(tmp_path, data_dir, hub_env):
     # One story per file: every unit of both kinds is one document, so the order of
     # documents is fixed by the seeded order of files alone, the same for both kinds.
     files = _write_parquet(tmp_path / "parquet", _stories(data_dir, 10), per_file=1)
-    with HubServer(REPO, files) as hub:
-        hf = _build(tmp_path, {"kind": "hf", "hf_id": REPO, "shuffle_buffer": 100}, 1200, "hf",
+    decoy = _write_parquet(tmp_path / "other", _stories(data_dir, 20)[10:], per_file=5)
+    (tmp_path / "README.md").write_text(CARD)
+    repo = {"README.md": tmp_path / "README.md",
+            **{p.replace("data/", "sample/10/"): f for p, f in files.items()},
+            **{p.replace("data/", "other/"): f for p, f in decoy.items()}}
+    with HubServer(REPO, repo) as hub:
+        hf = _build(tmp_path, {"kind": "hf", "hf_id": REPO, "hf_config": "sample-10",
+                               "shuffle_buffer": 100}, 1200, "hf",
                     {**hub_env, "HF_ENDPOINT": hub.url})
         asked = {r.path for r in hub.requests}
     local = _build(tmp_path, {"kind": "parquet", "path": str(tmp_path / "parquet")}, 1200,
