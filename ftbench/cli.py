@@ -305,7 +305,11 @@ def eval_(
                              "seeds are replicas kept in <arm>/seed<N>/, whose spread the "
                              "report shows."),
     fewshot_seed: int = typer.Option(0, "--fewshot-seed", help="Seed of the few-shot examples' "
-                                     "choice and order (replicas in <arm>/seed<N>-fewshot<M>/)."),
+                                     "choice and order, which changes gsm8k's prompts only "
+                                     "(mmlu takes its first 5 dev examples, gsm8k_cot has "
+                                     "fixed examples, commonsense_qa and the code tasks are "
+                                     "zero-shot). Replicas go to <arm>/seed<N>-fewshot<M>/; "
+                                     "each result records a hash of its prompts."),
     batch_size: int = typer.Option(8, "--batch-size", help="Contexts (log-likelihood) or "
                                    "sequences (generation) per forward pass."),
     n_samples: Optional[int] = typer.Option(

@@ -243,11 +243,35 @@ def lm_eval_result(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
     versions = res.get("versions", {})
     n = sum(v.get("effective", 0) for v in res.get("n-samples", {}).values())
     body = {"metrics": metrics, "per_item": per_item, "n_items": int(n),
+            "prompts_sha256": prompts_hash(res.get("samples", {})),
             "task_version": str(versions.get(task, "")),
             "harness": f"lm-eval {lm_eval.__version__}"}
     if keep_samples:
         body["_samples"] = res.get("samples", {})
     return body
+
+
+def prompts_hash(samples: dict[str, list[dict]]) -> str:
+    """sha256 of every request lm-eval sent (each logged sample's arguments: few-shot
+    context, continuation or generation settings), by subtask and document: two results
+    with the same hash saw the same prompts."""
+    import hashlib
+    import json
+
+    rows = sorted((leaf, int(x["doc_id"]), json.dumps(x.get("arguments"), default=str))
+                  for leaf, xs in samples.items() for x in xs)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def code_prompts_hash(problems: list[dict]) -> str:
+    """sha256 of the prompts a code task sends (EvalPlus's format), by task id."""
+    import hashlib
+    import json
+
+    from ftbench.evaluation.evalplus_runner import evalplus_prompt
+
+    rows = [(p["task_id"], evalplus_prompt(p)) for p in problems]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def lm_eval_replicated(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
@@ -395,6 +419,7 @@ def evalplus_result(lm, task: str, mirror: Path | None, cache: Path, out: Path,
     import evalplus
 
     return {"metrics": metrics, "per_item": per_item, "n_items": len(problems),
+            "prompts_sha256": code_prompts_hash(problems),
             **({"spread": spread} if spread else {}),
             **({"model_s": generation["seconds"]} if generation else {}),
             "task_version": scored["evalplus_hash"], "harness": f"evalplus {evalplus.__version__}",

@@ -234,7 +234,20 @@ def _replicas_section(doc: Document, arms: list[ArmResults], frame) -> None:
                 continue
             runs = replicas[(a.run, a.arm, task)]
             values = [value for _, _, value in runs]
-            seeds = ", ".join(str(seed) + (f" (few-shot {fewshot})" if fewshot else "")
+            main_hash = a.results[task].get("prompts_sha256")
+            hashes = {(r["seed"], r.get("fewshot_seed", 0)): r.get("prompts_sha256")
+                      for r in a.replicas[task]}
+
+            def fewshot_label(seed: int, fewshot: int) -> str:
+                if not fewshot:
+                    return ""
+                h = hashes.get((seed, fewshot))
+                if h is None or main_hash is None:
+                    return f" (few-shot {fewshot}; prompts not recorded)"
+                same = "same prompts as seed 0" if h == main_hash else "other prompts"
+                return f" (few-shot {fewshot}: {same})"
+
+            seeds = ", ".join(str(seed) + fewshot_label(seed, fewshot)
                               for seed, fewshot, _ in runs)
             rows.append([f"{a.run}/{a.arm}", task, seeds, mean_sd_text(values),
                          f"{100 * min(values):.1f} – {100 * max(values):.1f}"])
@@ -243,7 +256,11 @@ def _replicas_section(doc: Document, arms: list[ArmResults], frame) -> None:
                 Paragraph("The same trained arm evaluated with several `--seed` values: for "
                           "Free arms this redraws Z (and tokens, when sampled at a temperature); "
                           "the few-shot examples change only with `--fewshot-seed`, shown in "
-                          "brackets. Scores in %: mean ± standard deviation, and range."),
+                          "brackets with whether the replica's prompts (their recorded hash) "
+                          "equal the main result's: the seed changes gsm8k's examples only "
+                          "(MMLU takes its first five dev examples, gsm8k_cot has fixed ones, "
+                          "CommonsenseQA is zero-shot), so elsewhere a few-shot replica only "
+                          "redraws Z. Scores in %: mean ± standard deviation, and range."),
                 Table(["arm", "benchmark", "seeds", "mean ± sd", "range"], rows))
 
 

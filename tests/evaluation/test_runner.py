@@ -412,3 +412,25 @@ def test_mmlu_contexts_cut_to_fit_are_counted_as_by_hand(toy_pair_dir, data_dir,
                    "contexts": contexts, "contexts_truncated": cut,
                    "context_tokens_dropped": dropped, "context_tokens_dropped_max": worst}
     assert cut == 57  # every 5-shot prompt exceeds 64 tokens
+
+
+class AnyAnswerLM(PromptRecorder):
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return [(-1.0, False) for _ in requests]
+
+
+def test_prompt_hashes_show_which_tasks_the_fewshot_seed_changes(data_dir, eval_cache):
+    # lm-eval's MMLU takes its first five dev examples ("first_n" ignores the seed),
+    # gsm8k_cot has fixed examples and CommonsenseQA none; gsm8k samples five from train.
+    tasks = BuiltTasks(build_task_dir(eval_cache, data_dir))
+
+    def run(task, fewshot):
+        lm = AnyAnswerLM()
+        body = lm_eval_result(lm, task, tasks, EvalSettings(limit=2, fewshot_seed=fewshot))
+        return body["prompts_sha256"], lm.prompts
+
+    for task in ("mmlu", "gsm8k_cot", "commonsense_qa"):
+        assert run(task, 0)[0] == run(task, 1)[0], task
+    (h0, p0), (h1, p1) = run("gsm8k", 0), run("gsm8k", 1)
+    assert p0 != p1 and h0 != h1  # other examples, another hash
+    assert run("gsm8k", 0)[0] == h0  # and the hash is reproducible

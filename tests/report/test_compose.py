@@ -265,3 +265,24 @@ def test_generation_without_a_fixed_workload_says_the_workload_differs(roots, tm
     banners = [b.text for b in doc.blocks if isinstance(b, Banner)]
     assert any(t.startswith("GENERATION TIMES NOT COMPARABLE") for t in banners)
     assert not any("UNRELIABLE OVERHEAD" in t and "generation" in t for t in banners)
+
+
+def test_fewshot_replicas_say_whether_their_prompts_equal_the_main_ones(roots, tmp_path):
+    results, models = roots
+    main_path = results / "s0" / "free-k0p5" / "gsm8k.json"
+    main = json.loads(main_path.read_text())
+    main["prompts_sha256"] = "aaa"
+    write_result(main_path, main)
+    for seed, fewshot, h in ((0, 1, "aaa"), (0, 2, "bbb"), (0, 3, None)):
+        rep = _result("gsm8k", "math", "exact_match,strict-match", _outcomes(0.5), arch="free")
+        rep.update(seed=seed, fewshot_seed=fewshot)
+        if h:
+            rep["prompts_sha256"] = h
+        write_result(results / "s0" / "free-k0p5" / f"seed{seed}-fewshot{fewshot}" / "gsm8k.json",
+                     rep)
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    table = next(t for t in _tables(doc) if t.header[:3] == ["arm", "benchmark", "seeds"])
+    seeds = table.rows[0][2]
+    assert "0 (few-shot 1: same prompts as seed 0)" in seeds
+    assert "0 (few-shot 2: other prompts)" in seeds
+    assert "0 (few-shot 3; prompts not recorded)" in seeds
