@@ -69,8 +69,8 @@ MUTATION_JOBS ?= 2
 test-mutation: $(STAMP) ## Mutation testing (mutmut) of the modules whose numbers go into papers
 	$(BIN)/python tests/mutation/run_mutation.py --jobs $(MUTATION_JOBS)
 
-# Every CPU benchmark that docs/ and benchmarks/README.md quote, in turn (about 40 min on
-# 2 cores; bench_data.py generates a corpus of 1.5 GB in a temporary folder).
+# Every CPU benchmark that docs/ and benchmarks/README.md quote, in turn (bench_data.py
+# generates and tokenises 1.5 GB of text in a temporary folder).
 bench: $(STAMP) ## Every CPU speed and memory benchmark the docs quote (benchmarks/README.md)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_model.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_training.py

@@ -38,7 +38,8 @@ INFEASIBLE = {
         "needs three seeds of the toy pair trained and evaluated (three times this test's "
         "cost); several runs are aggregated in tests/report",
     "ftbench repro synthetic":
-        "trains for 22 minutes (--ci: 5); tests/repro/test_synthetic.py runs its code path",
+        "trains for 22 minutes on one thread (--ci: about 9); `make test-science` runs the "
+        "--ci run against its bounds",
     "python -m ftbench.evaluation.lm_eval_main --model ftbench --model_args "
     "path=models/toy/baseline --tasks ...":
         "`--tasks ...` is a placeholder, and lm-eval's CLI indexes its 14k tasks first "

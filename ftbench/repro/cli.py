@@ -58,7 +58,7 @@ def synthetic(
              "gets its own run name, <name>-seed<N>, so runs of several seeds sit side by side."),
     ci: bool = typer.Option(
         False, "--ci", help="The CI-sized check: kappa 1/8 and 1, H = 2, 1500 steps, 256 "
-                            "samples (about 11 minutes on one CPU thread; see --jobs)."),
+                            "samples (about 9 minutes on one CPU thread; see --jobs)."),
     jobs: int = typer.Option(
         1, "--jobs", "-j",
         help="Arms trained at once, each in its own process with one thread (default 1: one "
