@@ -158,7 +158,8 @@ def mirror(
                                            "instead of from the public origins (default "
                                            "$FTBENCH_MIRROR_URL)."),
     only: list[str] = typer.Option([], "--only", help="Build only the files whose path "
-                                   "starts with this, e.g. --only corpus/. Repeatable."),
+                                   "starts with this, e.g. --only corpus/ (then no "
+                                   "SHA256SUMS, which marks a complete mirror). Repeatable."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Download and verify the data mirror (benchmarks and the training corpus).
@@ -180,5 +181,7 @@ def mirror(
         _fail(" ".join(str(e).split()))
     except OSError as e:
         _fail(f"cannot write the mirror in {directory}: {e}")
-    typer.echo(f"{directory}: complete, {out['files']} files verified "
-               f"({out['fetched']} fetched, {out['kept']} already present); SHA256SUMS written")
+    what = "complete" if out["sums"] else "the files asked for are complete"
+    typer.echo(f"{directory}: {what}, {out['files']} files verified ({out['fetched']} fetched, "
+               f"{out['kept']} already present)" + ("; SHA256SUMS written" if out["sums"] else
+                                                    ""))

@@ -103,9 +103,12 @@ def download(url: str, dest: Path, sha256: str, size: int | None = None, label: 
             if attempt < retries:
                 time.sleep(min(0.2 * 2 ** attempt, 5.0))
     else:
+        kept = part.stat().st_size if part.is_file() else 0
+        then = (f"the {kept:,} bytes that arrived are kept in {part}, and rerunning the same "
+                "command continues from there" if kept else
+                "nothing arrived: check the network and the URL (or give --base-url)")
         raise MirrorError(f"{label}: the download from {url} kept failing ({last_error}); "
-                          f"what arrived is kept in {part}, and rerunning the same command "
-                          "continues from there")
+                          f"{then}")
     got = sha256_file(part)
     if got != sha256:
         part.unlink()
@@ -378,8 +381,8 @@ def build_mirror(dest: Path, manifest: dict | None = None, base_url: str | None 
     """Make `dest` a complete, verified mirror; returns {"fetched": n, "kept": n}.
 
     Files already present with the right sha256 are kept; others are fetched (or rebuilt).
-    SHA256SUMS is written last. `only` restricts the build to paths starting with any of
-    its prefixes.
+    SHA256SUMS is written last, so that it marks a complete mirror. `only` restricts the
+    build to the paths starting with any of its prefixes, and then writes no SHA256SUMS.
     """
     manifest = manifest or load_manifest()
     base_url = base_url if base_url is not None else (os.environ.get(ENV_BASE_URL) or None)
@@ -399,8 +402,10 @@ def build_mirror(dest: Path, manifest: dict | None = None, base_url: str | None 
         build_entry(e, dest, manifest, cache, base_url, progress)
     if cache.exists():
         shutil.rmtree(cache)
-    lines = sorted(f"{e['sha256']}  ./{e['path']}\n" for e in entries)
-    sums = dest / SUMS
-    if not sums.is_file() or sums.read_text() != "".join(lines):
-        _write_atomic(sums, "".join(lines).encode())
-    return {"fetched": len(todo), "kept": len(entries) - len(todo), "files": len(entries)}
+    if not only:
+        lines = "".join(sorted(f"{e['sha256']}  ./{e['path']}\n" for e in entries))
+        sums = dest / SUMS
+        if not sums.is_file() or sums.read_text() != lines:
+            _write_atomic(sums, lines.encode())
+    return {"fetched": len(todo), "kept": len(entries) - len(todo), "files": len(entries),
+            "sums": not only}

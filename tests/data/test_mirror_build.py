@@ -214,6 +214,8 @@ def test_cli_exits_2_with_one_line_on_a_corrupt_file(tmp_path, server, data_dir)
                                         server.url, "--only", "gsm8k/", "--quiet"])
     assert res.exit_code == 0, res.output
     assert sha(tmp_path / "m/gsm8k/train.jsonl") == sha(data_dir / "gsm8k/train.jsonl")
+    # Part of a mirror is not a mirror: SHA256SUMS marks a complete one.
+    assert not (tmp_path / "m/SHA256SUMS").exists()
 
 
 def test_a_dropped_connection_is_resumed_from_the_part_file(tmp_path, server, data_dir):
