@@ -10,9 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftbench-installed
 
 # The data mirror (laid out as in docs/data-mirror.md); the demo and the tests read it
-# offline. Default: a folder inside the clone, which `make demo` builds with
-# `ftbench data mirror` when it holds no complete mirror. Give another with
-# `make demo DATA_DIR=/path/to/mirror`.
+# offline. Default: a folder inside the clone, which `make demo` and `make test` build
+# with `ftbench data mirror` unless it holds a complete mirror (SHA256SUMS is written
+# last). A DATA_DIR you give (`make demo DATA_DIR=/path/to/mirror`) is used as it is.
 DATA_DIR ?= data-mirror
 
 .DEFAULT_GOAL := help
@@ -32,14 +32,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "evalplus==0.3.1"
 	touch $(STAMP)
 
-# A complete mirror ends with its SHA256SUMS (written last); a partial one is resumed.
-data: $(STAMP) ## Download and verify the data mirror into DATA_DIR unless it is complete
-	test -f $(DATA_DIR)/SHA256SUMS || $(BIN)/ftbench data mirror $(DATA_DIR)
+# Files already present and intact are kept; a partial download resumes.
+data: $(STAMP) ## Download and verify the data mirror into DATA_DIR (default data-mirror/)
+	$(BIN)/ftbench data mirror $(DATA_DIR)
+
+# The default mirror folder is built when incomplete; a DATA_DIR you give is not touched.
+ifeq ($(origin DATA_DIR),file)
+MIRROR := test -f $(DATA_DIR)/SHA256SUMS || $(BIN)/ftbench data mirror $(DATA_DIR)
+else
+MIRROR := true
+endif
 
 # The toy demo: cost accounting, a toy pair trained on the mirror, its training data
 # checked for benchmark overlap, the pair evaluated on every suite with a small limit,
 # then the report.
-demo: data ## The toy demo on CPU: train a pair, check overlap, evaluate, report (~4 min)
+demo: $(STAMP) ## The toy demo on CPU: train a pair, check overlap, evaluate, report (~4 min)
+	$(MIRROR)
 	$(BIN)/ftbench info --size toy
 	$(BIN)/ftbench train-pair --size toy --data-dir $(DATA_DIR)
 	$(BIN)/ftbench data contamination --size toy --data-dir $(DATA_DIR)
@@ -53,10 +61,12 @@ demo: data ## The toy demo on CPU: train a pair, check overlap, evaluate, report
 TEST_WORKERS ?= auto
 PYTEST := FTBENCH_DATA_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -q
 test: $(STAMP) ## The test suite without the synthetic experiment (what CI runs first)
+	$(MIRROR)
 	$(PYTEST) -m "not gpu and not science" -n $(TEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder
 
 test-fast: $(STAMP) ## The fast lane: every test not marked slow, gpu or science
+	$(MIRROR)
 	$(PYTEST) -m "not slow and not gpu and not science" -n $(TEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder
 
