@@ -65,7 +65,10 @@ class Score:
     logp: float
     """log-mean-exp over the draws of log p(continuation | context, Z)."""
     greedy: bool
-    """Every continuation token is the argmax of the draws' mixture distribution."""
+    """Every continuation token is the argmax of the draws' unweighted mean of per-token
+    distributions. For K > 1 this approximates greedy decoding of the K-draw mixture, which
+    weights draw k at position i by its likelihood of the tokens before i; exact for one
+    draw or a one-token continuation. lm-eval's accuracy metrics do not read it."""
     draws: tuple[float, ...]
     """log p(continuation | context, Z_k) for each draw k (one value for a baseline)."""
 

@@ -97,7 +97,10 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, fram
                       "the exact interval it inverts (Clopper-Pearson on the items only one arm "
                       "gets right); otherwise (a Free arm's mean over n samples) the paired "
                       "percentile bootstrap and its two-sided p. Cells marked (n.s.): the "
-                      "interval holds 0 (equivalently p ≥ 0.05). The last column is the "
+                      "interval holds 0 (equivalently p ≥ 0.05), per cell: no correction "
+                      "for the number of benchmarks, arms and protocols compared (with 10 "
+                      "comparisons and no effect, a false mark somewhere has a 40 % chance). "
+                      f"Free arms: {protocol_summary(arms, tasks)}. The last column is the "
                       "paper's result at the paper's scale and data, **not this run's**."))
     header = ["suite", "benchmark (metric)", *labels, "paper (its scale)"]
     rows, muted, points = [], set(), []
@@ -118,7 +121,8 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, fram
                     muted.add((i, 2 + j))
                 points.append({"task": task, "suite": suites[task], "arm": label,
                                "rel_gain": c.rel_gain, "rel_ci_low": c.rel_ci_low,
-                               "rel_ci_high": c.rel_ci_high, "significant": c.significant})
+                               "rel_ci_high": c.rel_ci_high, "significant": c.significant,
+                               "rel_dropped": c.rel_dropped, "n_boot": c.n_boot})
         row.append(PAPER_ANCHORS.get(task, ""))
         rows.append(row)
     doc.add(Table(header, rows, muted=muted))
@@ -130,13 +134,63 @@ def _main_section(doc: Document, arms: list[ArmResults], figures_dir: Path, fram
                           f"({', '.join(undefined)}), so a gain relative to it is undefined. "
                           "The absolute gains, in points, are in the table above."))
     elif defined:
-        png = plots.relative_gains(points, figures_dir / "relative_gains.png")
+        summary = protocol_summary(arms, tasks)
+        png = plots.relative_gains(points, figures_dir / "relative_gains.png",
+                                   subtitle=_wrap(summary, 110),
+                                   watermark=_smoke_watermark(arms))
         why = (f" Benchmarks marked n/a ({', '.join(undefined)}): the baseline scored 0, so "
                "the relative gain is undefined; see the absolute gain in the table."
                if undefined else "")
+        dropped = [f"{p['task']} {p['arm']} {p['rel_dropped']} of {p['n_boot']}"
+                   for p in defined if p.get("rel_dropped")]
+        drop_text = (" Resamples whose baseline mean was 0 are left out of the relative "
+                     "interval (which is then conditional on a baseline above 0): "
+                     + ", ".join(dropped) + "." if dropped else "")
         doc.add(Figure(png, "Relative gain of each Free arm over its baseline, per benchmark, "
-                            "with the paired 95 % bootstrap interval; faded bars are not "
-                            "significant." + why, alt="relative gains"))
+                            "with the paired 95 % bootstrap interval of the relative gain; "
+                            "faded bars are not significant (by the absolute gain's test, as "
+                            f"in the table). Free arms: {summary}." + drop_text + why,
+                       alt="relative gains"))
+
+
+PROTOCOL_NAMES = {"posterior": "posterior prefill", "prior": "prior Z"}
+
+
+def protocol_summary(arms: list[ArmResults], tasks: list[str]) -> str:
+    """How the Free arms were scored and on how many items, in one line: what a copied
+    caption or figure must keep."""
+    ll, gen = set(), set()
+    for a in arms:
+        for r in a.results.values():
+            p = r["protocol"]
+            if p.get("arch") != "free":
+                continue
+            name = PROTOCOL_NAMES.get(p.get("z_protocol"), str(p.get("z_protocol")))
+            if "z_draws" in p:
+                ll.add(f"{name}, K={p['z_draws']} Z draws per item")
+            elif "z_samples" in p:
+                gen.add(f"n={p['z_samples']} Z samples per prompt, "
+                        f"{p.get('token_sampling', 'greedy')} tokens")
+    items = {t: max(a.results[t]["n_items"] for a in arms if t in a.results) for t in tasks}
+    parts = []
+    if ll:
+        parts.append("log-likelihood: " + " | ".join(sorted(ll)))
+    if gen:
+        parts.append("generation: " + " | ".join(sorted(gen)))
+    parts.append("items: " + ", ".join(f"{t} {n}" for t, n in items.items()))
+    return "; ".join(parts)
+
+
+def _smoke_watermark(arms: list[ArmResults]) -> str | None:
+    limits = sorted({r["limit"] for a in arms for r in a.results.values()
+                     if r["limit"] is not None})
+    return (f"SMOKE TEST: --limit {', '.join(map(str, limits))}" if limits else None)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:

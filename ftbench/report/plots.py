@@ -198,11 +198,14 @@ def _gain_bar(ax, y: float, height: float, p: Any, colour: str) -> float:
     return end
 
 
-def relative_gains(points: list, path: Path) -> Path:
+def relative_gains(points: list, path: Path, subtitle: str | None = None,
+                   watermark: str | None = None) -> Path:
     """Relative gain (%) of each Free arm over its baseline, per benchmark grouped by suite,
     with the CI as error bars; faded, hatched bars are not significant. `points` are dicts
     or objects with task, suite, arm, rel_gain, rel_ci_low, rel_ci_high (fractions, None
-    when the baseline scored 0) and significant."""
+    when the baseline scored 0) and significant. `subtitle` (the protocol and item counts)
+    goes under the title and `watermark` (a smoke run's warning) across the plot, so that a
+    copied figure keeps them."""
     if not points:
         raise ValueError("relative_gains: no points to plot (no Free arm was compared)")
     arms = list(dict.fromkeys(str(_get(p, "arm")) for p in points))
@@ -216,7 +219,12 @@ def relative_gains(points: list, path: Path) -> Path:
         _pad_xlim(ax, extents)
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("relative gain over the baseline (%)")
-        ax.set_title("Free Transformer vs baseline: relative gain per benchmark")
+        title = "Free Transformer vs baseline: relative gain per benchmark"
+        ax.set_title(title + (f"\n{subtitle}" if subtitle else ""),
+                     fontsize=None if not subtitle else 9)
+        if watermark:
+            ax.text(0.5, 0.5, watermark, transform=ax.transAxes, ha="center", va="center",
+                    rotation=20, fontsize=22, color="#cc0000", alpha=0.18, zorder=0)
         _gain_legend(fig, arms, colours, points)
     return Path(path)
 

@@ -13,7 +13,7 @@ from ftbench.model.presets import get_preset
 from ftbench.evaluation.replicas import spread_stats
 from ftbench.report.collect import ReportError
 from ftbench.report.compose import build_report, report_inputs
-from ftbench.report.document import Banner, Figure, Table
+from ftbench.report.document import Banner, Figure, Paragraph, Table
 from ftbench.report.render import to_html, to_markdown
 from tests.report.test_tables import _result
 
@@ -286,3 +286,22 @@ def test_fewshot_replicas_say_whether_their_prompts_equal_the_main_ones(roots, t
     assert "0 (few-shot 1: same prompts as seed 0)" in seeds
     assert "0 (few-shot 2: other prompts)" in seeds
     assert "0 (few-shot 3; prompts not recorded)" in seeds
+
+
+def test_captions_name_the_protocol_and_the_item_counts(roots, tmp_path):
+    results, models = roots
+    for arm in ("baseline", "free-k0p5"):
+        path = results / "s0" / arm / "gsm8k.json"
+        r = json.loads(path.read_text())
+        if arm == "free-k0p5":
+            r["protocol"].update(z_protocol="posterior", z_samples=5, token_sampling="greedy")
+        r["limit"] = 100
+        write_result(path, r)
+    doc = build_report(report_inputs(["s0"], results, models), tmp_path / "figs")
+    caption = next(p.text for p in doc.blocks if isinstance(p, Paragraph)
+                   and p.text.startswith("Scores in %"))
+    assert "n=5 Z samples per prompt, greedy tokens" in caption
+    assert "items: humanevalplus 100, gsm8k 100" in caption
+    assert "no correction for the number of benchmarks" in caption
+    fig = next(f for f in doc.blocks if isinstance(f, Figure) and "relative" in f.alt)
+    assert "items: humanevalplus 100, gsm8k 100" in fig.caption

@@ -279,3 +279,13 @@ def test_unmatched_items_are_named_three_at_most():
     assert "compare runs of the same task version and limit" in str(err.value)
     x, y = paired_arrays({"1": 1, "2": 0}, {"1": 0, "2": 1})
     assert x.dtype == y.dtype == np.float64
+
+
+def test_resamples_dropped_from_the_relative_interval_are_counted():
+    # Only item 0 has a nonzero baseline: a resample of 3 items misses it with probability
+    # (2/3)^3 = 8/27, and those resamples have no relative gain.
+    n_boot = 20_000
+    r = compare(np.array([0.6, 0.0, 0.0]), np.array([0.6, 0.2, 0.0]), n_boot=n_boot)
+    sd = (8 / 27 * 19 / 27 / n_boot) ** 0.5
+    assert abs(r.rel_dropped / n_boot - 8 / 27) < 4 * sd and r.n_boot == n_boot
+    assert compare(np.ones(4), np.ones(4), n_boot=100).rel_dropped == 0
