@@ -114,7 +114,15 @@ def test_hf_and_ftbench_models_run_in_one_process_and_agree(exported, fast_task_
         for doc_id in hf[task]:
             a, b = _logps(hf[task][doc_id]), _logps(ours[task][doc_id])
             assert len(a) == len(b) > 0
-            assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (task, doc_id, a, b)
+            same_cut = range(len(a))
+            if task == "ftb_mc" and doc_id == 2:
+                # 100 context tokens for 64: lm-eval cuts each choice by its own length,
+                # ftbench cuts the item once by its longest choice ("KK_!", 4 tokens), so
+                # that its choices share one context (and, for Free models, one Z). The
+                # cuts coincide for that choice only; the others see 3 fewer tokens.
+                same_cut = [1]
+                assert all(abs(a[i] - b[i]) > 1e-6 for i in (0, 2)), (a, b)
+            assert max(abs(a[i] - b[i]) for i in same_cut) < 1e-4, (task, doc_id, a, b)
             spread += a
     # The comparison is not between near-identical numbers: the choices' scores differ.
     assert max(spread) - min(spread) > 1.0
