@@ -29,7 +29,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 # click ends a short help at the first ". " (here "Fig. 4"), so it is given whole.
-@repro_app.command(short_help="The paper's synthetic experiment (Figure 4), measured.")
+@repro_app.command(short_help="The synthetic experiment (section 4.1, Figure 4), measured.")
 def synthetic(
     kappas: Optional[str] = typer.Option(
         None, "--kappas", "-k",
