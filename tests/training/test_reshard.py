@@ -22,6 +22,7 @@ import torch
 from ftbench.doctor.parity import (ARMS, compare_states, loaded_state, losses, run_local,
                                    spawn, train_phase)
 
+pytestmark = pytest.mark.slow  # its module fixture trains and reshards in gloo processes
 STEPS, STOP = 4, 2
 LOSS_TOL = 2e-6
 # Two launches of 2 gloo ranks and one in-process run: 16 s on a quiet 2-core machine
