@@ -2,7 +2,7 @@
 every suite with a small limit, build the report, then check what came out.
 
 The bounds were recorded from the toy config on the 2-core CPU (seed 0, 150 steps, the
-token-budget data of issue 10: 307,201 training tokens read once): mean training loss of
+token-budget data: 307,201 training tokens read once): mean training loss of
 the last 10 steps 6.290 (baseline) / 6.238 (Free) from 8.33, validation CE 6.622 / prior-Z
 CE 6.530, Free KL 0.228 bit/token under kappa = 0.5 bit. The last 10 steps, not the last
 batch, because one batch of 16 sequences moves by 0.1-0.2 nats. They leave about 0.2

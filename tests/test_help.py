@@ -43,4 +43,9 @@ def test_version_is_the_package_metadata_version():
     from pathlib import Path
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["version"] == __version__
+    # The version lives in one place, the package, and pyproject reads it from there.
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ftbench.__version__"}
+    from importlib.metadata import version
+
+    assert version("ftbench") == __version__

@@ -10,7 +10,7 @@ import typer
 
 data_app = typer.Typer(
     help="Prepare a run's training data ahead of training, verify it, trace tokens to their "
-         "documents, and measure benchmark contamination.",
+         "documents, measure benchmark contamination, and build an offline data mirror.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -87,7 +87,7 @@ def prepare(
         typer.echo(f"  {s['label']:48s} {s['tokens']:>14,} tokens  {s['docs']:>10,} docs")
 
 
-@data_app.command()
+@data_app.command(short_help="Check every shard against its size and sha256.")
 def verify(
     config: Optional[Path] = _CONFIG, size: Optional[str] = _SIZE,
     overrides: list[str] = _SET, data_dir: Optional[Path] = _DATA_DIR,
@@ -121,7 +121,7 @@ def trace(
     typer.echo(json.dumps(trace_token(prepared.directory, prepared.meta, prepared.train, token)))
 
 
-@data_app.command()
+@data_app.command(short_help="13-gram overlap of training text with benchmarks.")
 def contamination(
     config: Optional[Path] = _CONFIG, size: Optional[str] = _SIZE,
     overrides: list[str] = _SET, data_dir: Optional[Path] = _DATA_DIR,
@@ -148,7 +148,7 @@ def contamination(
                    f"({b['share']:.2%})")
 
 
-@data_app.command()
+@data_app.command(short_help="Download and verify the data mirror.")
 def mirror(
     directory: Path = typer.Argument(..., help="Folder to make a complete data mirror "
                                      "(created if missing; what it holds already is checked "

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftbench.data.errors import DataError
+from ftbench.resources import tasks_dir
 
-REPO_TASKS = Path(__file__).resolve().parents[2] / "tasks" / "lm_eval"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def build_task_dir(cache: Path, data_dir: Path | None) -> Path:
             doc.update(dataset_path="json", dataset_name=None,
                        dataset_kwargs={"data_files": files})
         (out / f"{task}.yaml").write_text(_yaml(doc))
-    shutil.copy(REPO_TASKS / "csqa_utils.py", out / "csqa_utils.py")
+    shutil.copy(tasks_dir() / "lm_eval" / "csqa_utils.py", out / "csqa_utils.py")
     csqa = {"include": str(builtin / LM_EVAL_TASKS["commonsense_qa"].builtin),
             "task": "commonsense_qa", "tag": []}
     if data_dir:

@@ -128,6 +128,10 @@ def file_sha256(path: Path) -> str:
 
 def git_state() -> dict:
     root = Path(__file__).resolve().parents[2]
+    # An installed ftbench has no checkout around it; git would report whatever
+    # repository the user happens to be in.
+    if not (root / ".git").exists():
+        return {"commit": None, "dirty": None}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=5).stdout.strip()

@@ -99,7 +99,7 @@ def test_used_latent_is_not_flagged_and_old_arms_read_latent_info_json(roots, tm
 
 def test_busy_machine_ratio_is_flagged_with_its_load(roots, tmp_path):
     results, models = roots
-    # The toy demo: Free "faster" (0.594x) while the analytic ratio is 1.156.
+    # A toy demo on a busy machine: Free "faster" (0.594x) while the analytic ratio is 1.156.
     _timed_metrics(models / "r" / "baseline" / "metrics.jsonl", 1000, 1e-3, 6.4, False,
                    jitter=0.02)
     _timed_metrics(models / "r" / "free-k0p5" / "metrics.jsonl", 1000 / 0.594, 1.1e-3, 5.1,

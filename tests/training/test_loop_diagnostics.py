@@ -56,7 +56,7 @@ def test_validation_reports_zero_information_for_a_constant_encoder(tiny):
     free = arms[1]
     model = build_arm_model(free, cfg, CTX)
     H = free.model.latent_bits
-    # Bit-identical logits at every position (the toy arm of issue 15): a KL, no information.
+    # Bit-identical logits at every position (a toy Free arm): a KL, no information.
     model.encoder.forward = lambda x, rope, mask: torch.full((*x.shape[:2], H), 1.0)
     val = validate(model, free, data.val, cfg, CTX, None)
     assert val["val_kl_bits"] > 0.5

@@ -70,7 +70,7 @@ def test_tensorboard_scalars_equal_metrics_jsonl_across_a_resume(tensorboard_run
     for r in records:
         for key, value in scalars(r).items():
             expected.setdefault(key, []).append((r["step"], value))
-    # The Free arm's figures the issue names, training and validation, are all there.
+    # The Free arm's diagnostic figures, training and validation, are all there.
     assert {"loss", "ce", "kl_bits", "grad_norm", "lr", "tokens_per_s", "peak_memory_bytes",
             "val_ce_prior", "val_elbo"} <= expected.keys()
     assert any(k.startswith("frac") for k in expected), sorted(expected)
