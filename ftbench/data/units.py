@@ -40,6 +40,27 @@ class Document:
     source: str
 
 
+def _portable(locator: dict) -> dict:
+    """The locator with its root dropped and its paths made relative to that root."""
+    root = locator.get("root")
+    if root is None:
+        return locator
+    root = Path(root)
+
+    def rel(f: str) -> str:
+        f = Path(f)
+        if not f.is_absolute():
+            return f.as_posix()
+        return f.name if f == root else f.relative_to(root).as_posix()
+
+    out = {k: v for k, v in locator.items() if k != "root"}
+    if "file" in out:
+        out["file"] = rel(out["file"])
+    if "files" in out:
+        out["files"] = [rel(f) for f in out["files"]]
+    return out
+
+
 @dataclass(frozen=True)
 class Unit:
     """One piece of one source. `locator` says where its documents are (kind-specific)."""
@@ -49,8 +70,10 @@ class Unit:
     locator: dict
 
     def key(self) -> str:
-        """A stable name for the unit's part files (the same plan gives the same names)."""
-        blob = json.dumps([self.source, self.kind, self.locator], sort_keys=True)
+        """A stable name for the unit, which also seeds its document shuffle. It names files
+        relative to the source's root, so a mirror moved or copied elsewhere gives the same
+        keys and therefore the same shards."""
+        blob = json.dumps([self.source, self.kind, _portable(self.locator)], sort_keys=True)
         return f"s{self.source:02d}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def to_json(self) -> dict:
@@ -130,15 +153,15 @@ def plan_source(src: SourceConfig, index: int, data_dir: Path | None, unit_bytes
         return None
     if k in ("jsonl", "gsm8k"):
         path = resolve_path(src.path or "gsm8k/train.jsonl", data_dir)
-        units = [Unit(index, k, {"file": str(f), "start": a, "end": b})
+        units = [Unit(index, k, {"root": str(path), "file": str(f), "start": a, "end": b})
                  for f in _files(path, ("*.jsonl", "*.jsonl.gz", "*.json.gz"))
                  for a, b in _plan_lines(f, unit_bytes)]
     elif k == "parquet":
         units = _plan_parquet(src, index, resolve_path(src.path, data_dir), unit_bytes)
     elif k == "text":
         path = resolve_path(src.path, data_dir)
-        units = [Unit(index, k, {"files": g}) for g in _group_files(_files(path, ("*.txt",)),
-                                                                    unit_bytes)]
+        units = [Unit(index, k, {"root": str(path), "files": g})
+                 for g in _group_files(_files(path, ("*.txt",)), unit_bytes)]
     elif k in ("python_tree", "stdlib"):
         root = (Path(sysconfig.get_paths()["stdlib"]) if k == "stdlib"
                 else resolve_path(src.path, data_dir))
@@ -187,10 +210,12 @@ def _plan_parquet(src: SourceConfig, index: int, path: Path, unit_bytes: int) ->
             group.append(g)
             size += meta.row_group(g).total_byte_size
             if size >= unit_bytes:
-                units.append(Unit(index, "parquet", {"file": str(f), "row_groups": group}))
+                units.append(Unit(index, "parquet", {"root": str(path), "file": str(f),
+                                                     "row_groups": group}))
                 group, size = [], 0
         if group:
-            units.append(Unit(index, "parquet", {"file": str(f), "row_groups": group}))
+            units.append(Unit(index, "parquet", {"root": str(path), "file": str(f),
+                                                 "row_groups": group}))
     return units
 
 
