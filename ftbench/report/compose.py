@@ -18,6 +18,7 @@ from ftbench.report.latent import latent_banners, latent_blocks, latent_rows
 from ftbench.report.overhead import (PAPER_OVERHEAD, RATIO_TOLERANCE, ArmCost, arm_cost,
                                      eval_time_rows, load_text, measured_ratios, measured_text,
                                      overhead_rows, paper_overhead_text)
+from ftbench.report.pairing import pair_checks, unmatched_banner
 from ftbench.report.protocols import between_text, gain_text, protocol_rows
 from ftbench.report.replica_groups import replica_groups
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
@@ -57,6 +58,10 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
                         figures_dir: Path, table_csv: Path | None) -> None:
     for text in banners(arms):
         doc.add(Banner(text))
+    checks = [c for run in sorted({a.run for a in arms})
+              for c in pair_checks(inp.models_root, run, [a.arm for a in arms if a.run == run])]
+    if (text := unmatched_banner(checks)) is not None:
+        doc.add(Banner(text))
     # One source of truth: the score tables below and results.csv are this frame.
     frame = frame_from_arms(arms, inp.models_root)
     if table_csv is not None:
@@ -78,6 +83,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir, frame)
     _protocols_section(doc, arms)
+    _pairing_section(doc, checks)
     _seeds_section(doc, arms, frame, inp.models_root)
     _replicas_section(doc, arms, frame)
     _overhead_section(doc, arms, costs, figures_dir, inp.models_root)
@@ -225,6 +231,22 @@ def _protocols_section(doc: Document, arms: list[ArmResults]) -> None:
                            f"(paired difference {100 * c.diff:+.1f} pts, 95 % CI "
                            f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]); the comparison "
                            "with the baseline depends on the protocol."))
+
+
+def _pairing_section(doc: Document, checks) -> None:
+    if not checks:
+        return
+    multi = len({c.run for c in checks}) > 1
+    doc.add(Heading("Matched pair"),
+            Paragraph("What each arm was given, against its run's baseline, from the digests "
+                      "it recorded while training: the batch of every step, the initial value "
+                      "of every weight both arms have (rank 0's shard of it), the tokenizer "
+                      "and the validation windows. Any difference is named in a banner at "
+                      "the top."),
+            Table(["arm", "batches", "shared initial weights", "tokenizer",
+                   "validation windows"],
+                  [[f"{c.run}/{c.arm}" if multi else c.arm, c.batches, c.initial_weights,
+                    c.tokenizer, c.validation] for c in checks]))
 
 
 def _seeds_section(doc: Document, arms: list[ArmResults], frame, models_root: Path) -> None:

@@ -32,6 +32,7 @@ from ftbench.training.checkpoint import Checkpointer
 from ftbench.training.distributed import (DistContext, all_reduce_mean, checkpoint_policy,
                                           parallelize)
 from ftbench.training.hardware import PeakMemory, load_average, peak_flops
+from ftbench.training.pair_record import validation_window, weight_digests, write_init_digests
 from ftbench.training.schedule import lr_at
 from ftbench.training.trackers import TrackerSet, open_trackers
 
@@ -160,9 +161,8 @@ def validation_sums(model, arm: Arm, val: np.ndarray, cfg: PairConfig, ctx: Dist
             done += 1
             first = b * cfg.run.batch_size + ctx.rank * per_rank + m
             rows = range(first, first + micro)
-            batch = torch.from_numpy(np.stack([
-                np.asarray(val[(k % n_windows) * T:(k % n_windows) * T + T + 1], dtype=np.int64)
-                for k in rows])).to(ctx.device)
+            batch = torch.from_numpy(np.stack([validation_window(val, k, T)
+                                               for k in rows])).to(ctx.device)
             x, y = batch[:, :-1], batch[:, 1:]
             with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
                 if arm.arch == "free":
@@ -292,6 +292,8 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     step = 0
     latest = ckpt.latest()
     pending = None
+    if latest is None and ctx.is_main:
+        write_init_digests(arm_dir, weight_digests(model), ctx.world)
     if latest is not None:
         step = ckpt.load(latest, model, optim)
         pending = ckpt.record(latest)

@@ -21,6 +21,7 @@ from ftbench.training.checkpoint import ACCEPTED_RUN, CheckpointError, fingerpri
 from ftbench.training.distributed import DistContext, init_distributed, wait_for_main
 from ftbench.training.export import CONFIG, save_pretrained
 from ftbench.training.loop import train_arm
+from ftbench.training.pair_record import read_init_digests, validation_digest
 from ftbench.training.trackers import require_trackers
 
 
@@ -211,7 +212,7 @@ def _train_pair(cfg: PairConfig, root: Path, planned: int, log: Callable[[str], 
             save_pretrained(state, arm.model, arm.arch, data.tokenizer, arm_dir, extra={
                 "arm": arm.name, "kappa_bits": arm.kappa_bits, "steps": result.steps,
                 "seed": cfg.run.seed, "data_key": data.meta["key"], "fingerprint": fingerprint,
-                "summary": info,
+                "summary": info, "matched": matched_record(arm_dir, data, cfg),
                 "pair_config": dataclasses.asdict(recorded)})
             log(f"{arm.name}: exported to {arm_dir} "
                 f"({', '.join(f'{k} {v:.4f}' for k, v in result.final_val.items())})")
@@ -219,6 +220,16 @@ def _train_pair(cfg: PairConfig, root: Path, planned: int, log: Callable[[str], 
         summary[arm.name] = info
         del result
     return summary
+
+
+def matched_record(arm_dir: Path, data, cfg: PairConfig) -> dict:
+    """What this arm was given, for the report's matched-pair checks (ftbench.report.pairing)."""
+    init = read_init_digests(arm_dir)
+    return {"init_sha1": init["sha1"] if init else None,
+            "init_world_size": init["world_size"] if init else None,
+            "tokenizer_sha256": data.tokenizer.fingerprint(),
+            "val_windows_sha1": validation_digest(data.val, cfg.data.seq_len,
+                                                  cfg.run.val_batches * cfg.run.batch_size)}
 
 
 def _finished(arm_dir: Path, fingerprint: dict, cfg: PairConfig, data_key: str) -> dict | None:

@@ -16,6 +16,7 @@ from ftbench.training.distributed import DistContext
 from ftbench.training.export import load_pretrained
 from ftbench.training.loop import TrainingError, build_arm_model, train_arm
 from ftbench.training.pair import arm_fingerprint, run_dir, train_pair
+from ftbench.report.pairing import pair_checks
 from tests.training.helpers import tiny_pair_config
 
 CTX = DistContext()
@@ -104,6 +105,26 @@ def test_a_trained_pair_shares_batches_initial_weights_tokenizer_and_validation(
     assert set(windows) == set(arms) and len(windows["baseline"]) == 2  # steps 3 and 6
     for a in arms[1:]:
         assert windows[a] == windows["baseline"], a
+
+    # What the arms recorded for the report: the initial weights' digests are those of the
+    # tensors the arm was built with, the tokenizer's those of the exported file.
+    meta = {a: json.loads((root / a / "config.json").read_text())["matched"] for a in arms}
+    for a in arms:
+        assert meta[a]["init_world_size"] == 1
+        # (the models hold no buffers: their state dict is their parameters)
+        assert meta[a]["init_sha1"] == {n: _digest(t)[:16] for n, t in initial[a].items()}
+        assert meta[a]["tokenizer_sha256"] == hashlib.sha256(
+            (root / a / "tokenizer.json").read_bytes()).hexdigest()
+    assert len({meta[a]["val_windows_sha1"] for a in arms}) == 1
+    # ...and the report finds the pair matched, every step compared.
+    checks = pair_checks(root.parent, root.name, arms)
+    assert [c.arm for c in checks] == arms[1:]
+    for c in checks:
+        assert c.batches == f"identical at {cfg.run.steps} of {cfg.run.steps} steps", c
+        assert c.tokenizer == c.validation == "identical", c
+        assert not c.failures, c
+    assert checks[0].initial_weights == f"identical ({len(initial['baseline'])} shared tensors)"
+    assert checks[2].initial_weights == "not compared (a control of another depth)"
 
 
 @pytest.mark.parametrize("arm_index", [0, 1])
