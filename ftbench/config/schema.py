@@ -72,6 +72,11 @@ class DataConfig:
     train_tokens: int = 0
     """Unique training tokens to prepare. 0: exactly what the run consumes
     (run.steps x run.batch_size x seq_len, plus one), so no token is seen twice."""
+    tokens_per_param: float = 0
+    """Token budget by rule: > 0 sets run.steps to the fewest steps that read this many
+    training tokens per baseline parameter (embedding included; the vocabulary is
+    data.tokenizer.vocab_size for a BPE), e.g. 20 (Hoffmann et al. 2022). A run.steps
+    given too must equal it. 0: run.steps as given."""
     max_epochs: float = 1.0
     """Repetition guard: a run that would read its training tokens more often than this
     refuses to start."""
@@ -141,6 +146,11 @@ class RunConfig:
     one node's ranks when the job spans nodes, all ranks on one node."""
     matched_control: bool = False
     """Also train an (L+1)-layer baseline, parameter-matched to the encoder block."""
+    snapshot_every: int | None = None
+    """Steps between evaluation snapshots: each arm's consolidated weights (the run's
+    dtype, no optimiser state) in <arm>/snapshots/step-NNNNNN/, kept whatever the
+    checkpoints' retention, for `ftbench eval --snapshots`. Unset: about 30 over the run
+    (run.steps / 30, rounded); 0: none. The final export is the run's last point."""
     trackers: list[str] = field(default_factory=list)
     """Live dashboards fed the same scalars as metrics.jsonl (always written), from rank 0:
     tensorboard (<arm>/tb/, `pip install 'ftbench[tensorboard]'`) and wandb (<arm>/wandb/,
@@ -179,6 +189,9 @@ class PairConfig:
         if d.train_tokens < 0:
             raise ConfigError(f"data.train_tokens: must be >= 0 (0: what the run consumes), "
                               f"got {d.train_tokens}")
+        if d.tokens_per_param < 0:
+            raise ConfigError(f"data.tokens_per_param: must be >= 0 (0: run.steps as given), "
+                              f"got {d.tokens_per_param}")
         if not d.max_epochs > 0:
             raise ConfigError(f"data.max_epochs: must be > 0, got {d.max_epochs}")
         if not d.unit_mb > 0:
@@ -209,6 +222,9 @@ class PairConfig:
         if r.checkpoint_policy not in ("full", "selective"):
             raise ConfigError(f"run.checkpoint_policy: {r.checkpoint_policy!r} is not one of "
                               "full, selective")
+        if r.snapshot_every is not None and r.snapshot_every < 0:
+            raise ConfigError(f"run.snapshot_every: must be >= 0 (0: no snapshots; unset: "
+                              f"about 30 over the run), got {r.snapshot_every}")
         if r.shard_ranks < 0:
             raise ConfigError(f"run.shard_ranks: must be >= 0 (0: one node's ranks), got "
                               f"{r.shard_ranks}")
