@@ -72,11 +72,6 @@ class DataConfig:
     train_tokens: int = 0
     """Unique training tokens to prepare. 0: exactly what the run consumes
     (run.steps x run.batch_size x seq_len, plus one), so no token is seen twice."""
-    tokens_per_param: float = 0
-    """Token budget by rule: > 0 sets run.steps to the fewest steps that read this many
-    training tokens per baseline parameter (embedding included; the vocabulary is
-    data.tokenizer.vocab_size for a BPE), e.g. 20 (Hoffmann et al. 2022). A run.steps
-    given too must equal it. 0: run.steps as given."""
     max_epochs: float = 1.0
     """Repetition guard: a run that would read its training tokens more often than this
     refuses to start."""
@@ -189,9 +184,6 @@ class PairConfig:
         if d.train_tokens < 0:
             raise ConfigError(f"data.train_tokens: must be >= 0 (0: what the run consumes), "
                               f"got {d.train_tokens}")
-        if d.tokens_per_param < 0:
-            raise ConfigError(f"data.tokens_per_param: must be >= 0 (0: run.steps as given), "
-                              f"got {d.tokens_per_param}")
         if not d.max_epochs > 0:
             raise ConfigError(f"data.max_epochs: must be > 0, got {d.max_epochs}")
         if not d.unit_mb > 0:
