@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -118,8 +119,61 @@ def pair_config_from_dict(data: dict) -> PairConfig:
     if not isinstance(model_data, dict):
         raise ConfigError(f"model: expected a mapping, got {model_data!r}")
     model = _build(type(preset), model_data, "model", base=preset)
+    rule, steps_given = _pop_token_rule(data)
     rest = _build(PairConfig, data, "")
-    return dataclasses.replace(rest, size=size, model=model).validate()
+    cfg = dataclasses.replace(rest, size=size, model=model).validate()
+    if rule is None:
+        return cfg
+    steps = steps_for_tokens_per_param(cfg, rule)
+    if steps_given is not None and steps_given != steps:
+        raise ConfigError(
+            f"run.steps: {steps_given} disagrees with data.tokens_per_param={rule:g}, which "
+            f"gives {steps:,} steps ({rule:g} x {baseline_params(cfg):,} baseline parameters "
+            f"/ {cfg.run.batch_size * cfg.data.seq_len:,} tokens per step); drop run.steps, or "
+            "set data.tokens_per_param=0 to choose run.steps yourself")
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, steps=steps)).validate()
+
+
+TOKEN_RULE_KEY = "tokens_per_param"
+
+
+def _pop_token_rule(data: dict) -> tuple[float | None, int | None]:
+    """data.tokens_per_param (taken out of `data`) and run.steps as given. The rule is an
+    input only: the resolved config (and pair.yaml) states the steps it gives, so the
+    data key and checkpoint fingerprints depend on the steps, not on how they were chosen."""
+    section = data.get("data")
+    if not isinstance(section, dict) or TOKEN_RULE_KEY not in section:
+        return None, None
+    section = dict(section)
+    rule = _coerce(section.pop(TOKEN_RULE_KEY), float, f"data.{TOKEN_RULE_KEY}")
+    data["data"] = section
+    if rule < 0:
+        raise ConfigError(f"data.{TOKEN_RULE_KEY}: must be >= 0 (0: run.steps as given), "
+                          f"got {rule:g}")
+    run = data.get("run")
+    steps = None
+    if isinstance(run, dict) and "steps" in run:
+        steps = _coerce(run["steps"], int, "run.steps")
+    return (rule or None), steps
+
+
+def baseline_params(cfg: PairConfig) -> int:
+    """The baseline's parameters, embedding included, with the vocabulary the run will
+    have: data.tokenizer.vocab_size for a BPE (fixed before the tokenizer is trained, so
+    the steps never change afterwards), the model's otherwise."""
+    from ftbench.model.accounting import model_cost
+
+    tok = cfg.data.tokenizer
+    vocab = tok.vocab_size if tok.kind == "bpe" else cfg.model.vocab_size
+    return model_cost(cfg.model.replace(vocab_size=vocab), "baseline",
+                      cfg.data.seq_len).params_total
+
+
+def steps_for_tokens_per_param(cfg: PairConfig, tokens_per_param: float) -> int:
+    """The fewest optimiser steps whose tokens (steps x batch x seq_len) reach
+    tokens_per_param x the baseline's parameters."""
+    per_step = cfg.run.batch_size * cfg.data.seq_len
+    return max(1, math.ceil(tokens_per_param * baseline_params(cfg) / per_step))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

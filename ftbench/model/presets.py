@@ -16,6 +16,18 @@ PRESETS: dict[str, ModelConfig] = {
     # The shape the CPU benchmarks use (V 8192, D 256, 8 layers, 4 heads, FFN 1024, H 16).
     "small": ModelConfig(vocab_size=8192, d_model=256, n_layers=8, n_heads=4, n_kv_heads=4,
                          ffn_hidden=1024, tie_embeddings=False, max_seq_len=1024, latent_bits=16),
+    # The ladder between small and 1.5b: GPT-3's three smallest shapes (Brown et al. 2020,
+    # Table 2.1: D, layers, query heads and their width) on the paper's backbone. GQA with
+    # a quarter of the query heads as KV heads, and a SwiGLU width F that keeps GPT-3's
+    # 12 D^2 parameters per block (2D^2 + 2D*d_kv + 3DF = 12D^2, F rounded to 128), so
+    # with a 50,304-token BPE (GPT-3's ~50k vocabulary, a multiple of 128) and tied
+    # embeddings the totals are GPT-3's: 124M, 350M and 757M.
+    "125m": ModelConfig(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, n_kv_heads=3,
+                        ffn_hidden=2432, tie_embeddings=True, max_seq_len=4096, latent_bits=16),
+    "350m": ModelConfig(vocab_size=50304, d_model=1024, n_layers=24, n_heads=16, n_kv_heads=4,
+                        ffn_hidden=3200, tie_embeddings=True, max_seq_len=4096, latent_bits=16),
+    "760m": ModelConfig(vocab_size=50304, d_model=1536, n_layers=24, n_heads=16, n_kv_heads=4,
+                        ffn_hidden=4864, tie_embeddings=True, max_seq_len=4096, latent_bits=16),
     # Paper, section 6: 28 layers, D 1536, 12/2 heads, tied, vocab 2^17; FFN 8960 is the
     # recipe's choice (the paper does not state it), giving about 1.51B parameters.
     "1.5b": ModelConfig(vocab_size=2**17, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
