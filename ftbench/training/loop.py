@@ -34,6 +34,7 @@ from ftbench.training.distributed import (DistContext, all_reduce_mean, checkpoi
 from ftbench.training.hardware import PeakMemory, load_average, peak_flops
 from ftbench.training.pair_record import validation_window, weight_digests, write_init_digests
 from ftbench.training.schedule import lr_at
+from ftbench.training.snapshots import Snapshotter
 from ftbench.training.trackers import TrackerSet, open_trackers
 
 
@@ -319,6 +320,7 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
     tokens_per_step = r.batch_size * cfg.data.seq_len
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(ctx, step, r.steps, arm.name)
+    snapshot = Snapshotter(arm, cfg, arm_dir, ctx)
     rates, cpu_per_token, loads = [], [], []
     while step < r.steps:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -363,6 +365,9 @@ def train_arm(arm: Arm, cfg: PairConfig, train_tokens: np.ndarray, val_tokens: n
         if arm.arch == "free":
             record["kl_bits"] = nats_to_bits(record.pop("kl_nats"))
             record["kappa_bits"] = arm.kappa_bits
+        # Before the checkpoint: a run stopped between the two redoes this step from the
+        # checkpoint before and writes the snapshot again, so none goes missing.
+        snapshot(model, step)
         if step % r.checkpoint_every == 0 or step == r.steps:
             # Before validation: a validation that fails (out of memory, a killed job)
             # resumes from here, and the step's record travels with the checkpoint.
