@@ -164,6 +164,11 @@ def train_pair(
                                       "fits, the largest micro-batch that does and how many "
                                       "GPUs a 1-sequence micro-batch needs; exit 2 if one "
                                       "does not fit."),
+    gpu: str = typer.Option("h100", "--gpu", help="With --dry-run: the GPU (h100, h200, a100, "
+                            "...) whose datasheet bf16 peak the GPU-hour estimate uses."),
+    mfu: Optional[float] = typer.Option(
+        None, "--mfu", help="With --dry-run: the model-FLOPs utilisation the GPU-hour "
+                            "estimate assumes (default 0.40, what the 1.5B recipe reaches)."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 
@@ -200,8 +205,15 @@ def train_pair(
             info = dry_run(cfg, world_size=world_size, device_memory=device_memory)
         except (DataError, ValueError) as e:
             _fail(str(e))
-        from ftbench.training.memory_plan import format_memory_plan, refusal_lines, run_fits
+        from ftbench.training.memory_plan import (ASSUMED_MFU, compute_plan,
+                                                  format_compute_plan, format_memory_plan,
+                                                  refusal_lines, run_fits)
 
+        try:
+            info["compute_plan"] = compute_plan(cfg, info, gpu=gpu, world_size=world_size,
+                                                mfu=ASSUMED_MFU if mfu is None else mfu)
+        except ValueError as e:
+            _fail(f"--gpu/--mfu: {e}")
         too_big = run_fits(info["memory_plan"])
         if as_json:
             typer.echo(json.dumps(info, indent=2, default=str))
@@ -217,6 +229,8 @@ def train_pair(
                        f"{_human(a['train_flops_per_token']):>8s}  weights+grads+AdamW "
                        f"{a['state_memory_bytes'] / 2**30:.2f} GiB")
         for line in format_memory_plan(info["memory_plan"]):
+            typer.echo(line)
+        for line in format_compute_plan(info["compute_plan"]):
             typer.echo(line)
         if too_big:
             _fail("\n".join(refusal_lines(info["memory_plan"], too_big, cfg)))

@@ -417,3 +417,83 @@ def refusal_lines(plan: dict, bad: dict, cfg: PairConfig) -> list[str]:
             lines.append("or: --set run.activation_checkpointing=true (every arm then fits "
                          "at this micro-batch)")
     return lines
+
+
+# Model-FLOPs utilisation assumed by the GPU-hour estimate: what ftbench's 1.5B recipe
+# reaches (the rehearsal's roofline for full checkpointing on 8 x H100: 41 %; a measured
+# 1.5B step on one H200 without checkpointing: 39 %; benchmarks/README.md). Narrower
+# models usually reach less, so at the ladder's sizes the estimate is a lower bound on time.
+ASSUMED_MFU = 0.40
+SNAPSHOTS_PER_RUN = 30
+"""run.snapshot_every unset: about this many snapshots over a run."""
+
+
+def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float = ASSUMED_MFU,
+                 world_size: int = 1) -> dict:
+    """Tokens, FLOPs, disk and estimated GPU-hours of every arm and of the whole grid, from
+    a dry run's figures (`dry`: ftbench.training.pair.dry_run's dict). GPU-hours are model
+    FLOPs / (the GPU's datasheet bf16 peak x `mfu`): an estimate, not a measurement."""
+    import numpy as np
+
+    from ftbench.data.shards import token_dtype
+    from ftbench.training.checkpoint import KEEP
+    from ftbench.training.hardware import gpu_spec
+
+    if not 0 < mfu <= 1:
+        raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
+    spec = gpu_spec(gpu)
+    rate = spec.bf16_flops * mfu
+    steps = cfg.run.steps
+    tokens = dry["tokens_per_step"] * steps
+    snapshot_every = getattr(cfg.run, "snapshot_every", 0)
+    if snapshot_every is None:
+        snapshot_every = max(1, round(steps / SNAPSHOTS_PER_RUN))
+    snapshots = steps // snapshot_every if snapshot_every else 0
+    gpu_dtype_bytes = 4 if cfg.run.dtype == "float32" else 2  # auto: bf16 on a GPU
+    arms = {}
+    for name, a in dry["arms"].items():
+        flops = a["train_flops_per_token"] * tokens
+        arms[name] = {
+            "tokens": tokens, "train_flops": flops, "gpu_hours": flops / rate / 3600,
+            # fp32 master weights and AdamW's two moments per kept checkpoint.
+            "checkpoint_bytes": KEEP * 12 * a["params"],
+            "export_bytes": 4 * a["params"],
+            "snapshot_bytes": snapshots * gpu_dtype_bytes * a["params"]}
+    token_bytes = np.dtype(token_dtype(dry["vocab_size"])).itemsize
+    planned = dry["data"]["tokens_planned"]
+    # Validation holds val_fraction of the documents: about that share of the tokens more.
+    shard_bytes = token_bytes * planned / (1 - cfg.data.val_fraction)
+    total_flops = sum(a["train_flops"] for a in arms.values())
+    gpu_hours = sum(a["gpu_hours"] for a in arms.values())
+    return {"gpu": spec.name, "peak_bf16_flops": spec.bf16_flops, "mfu_assumed": mfu,
+            "world_size": world_size, "steps": steps, "tokens_per_arm": tokens,
+            "arms": arms, "grid_train_flops": total_flops, "grid_gpu_hours": gpu_hours,
+            "grid_wall_hours": gpu_hours / world_size,
+            "shard_bytes": shard_bytes, "token_bytes": token_bytes,
+            "snapshots_per_arm": snapshots, "snapshot_every": snapshot_every,
+            "grid_disk_bytes": shard_bytes + sum(a["checkpoint_bytes"] + a["export_bytes"]
+                                                 + a["snapshot_bytes"] for a in arms.values())}
+
+
+def format_compute_plan(c: dict) -> list[str]:
+    """Lines for --dry-run: FLOPs, disk and the GPU-hour estimate per arm and for the grid."""
+    def gb(n: float) -> str:
+        return f"{n / 1e9:,.1f} GB"
+
+    lines = [f"compute and disk: {c['steps']:,} steps, {c['tokens_per_arm']:,} tokens per arm; "
+             f"shards {gb(c['shard_bytes'])} ({c['token_bytes']} bytes per token, "
+             "validation included); snapshots "
+             + (f"{c['snapshots_per_arm']} per arm (every {c['snapshot_every']:,} steps)"
+                if c["snapshots_per_arm"] else "none")]
+    for name, a in c["arms"].items():
+        lines.append(f"  {name:16s} train FLOPs {a['train_flops']:.3e}  est. "
+                     f"{a['gpu_hours']:,.1f} GPU-hours  checkpoints {gb(a['checkpoint_bytes'])}"
+                     f", export {gb(a['export_bytes'])}, snapshots {gb(a['snapshot_bytes'])}")
+    lines.append(f"  grid: {len(c['arms'])} arms, {c['grid_train_flops']:.3e} FLOPs, est. "
+                 f"{c['grid_gpu_hours']:,.1f} GPU-hours on {c['gpu']} ({c['grid_wall_hours']:,.1f} "
+                 f"hours on {c['world_size']} GPU(s)), disk {gb(c['grid_disk_bytes'])}")
+    lines.append(f"  GPU-hours are an ESTIMATE, not a measurement: model FLOPs at "
+                 f"{100 * c['mfu_assumed']:.0f} % of the {c['gpu']}'s datasheet bf16 peak "
+                 f"({c['peak_bf16_flops'] / 1e12:,.0f} TFLOP/s; --gpu, --mfu); "
+                 "`ftbench doctor --simulate` rehearses the step for a roofline time")
+    return lines
