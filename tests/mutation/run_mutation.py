@@ -32,7 +32,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "objective": ("ftbench/objective.py", ["tests/model/test_objective.py"]),
     "stats": ("ftbench/report/stats.py", ["tests/report/test_stats.py"]),
     "sampler": ("ftbench/data/sampler.py", ["tests/data/test_sampler.py"]),
-    "scoring": ("ftbench/evaluation/scoring.py", ["tests/evaluation/test_scoring.py"]),
+    "scoring": ("ftbench/evaluation/scoring.py", ["tests/evaluation/test_scoring.py",
+                                                  "tests/evaluation/test_scoring_mixture.py",
+                                                  "tests/evaluation/test_truncation.py"]),
 }
 
 
