@@ -349,6 +349,14 @@ def eval_(
                                  help="Also show lm-eval's and datasets' own logs and progress "
                                       "bars (one bar per MMLU subject); by default one progress "
                                       "line per task and the scores."),
+    snapshots: Optional[str] = typer.Option(
+        None, "--snapshots", help="Evaluate each arm's training snapshots "
+                                  "(<arm>/snapshots/step-NNNNNN/, written every "
+                                  "run.snapshot_every steps): all, last-third (steps past 2/3 "
+                                  "of the run) or steps such as 25,50; all and last-third add "
+                                  "the final export (the last step) once the arm has finished. "
+                                  "Arms still training are evaluated on the snapshots so far; "
+                                  "results go to results/<run>/<arm>/snapshots/step-NNNNNN/."),
 ) -> None:
     """Evaluate trained models on code, math and QA benchmarks.
 
@@ -357,7 +365,9 @@ def eval_(
     scored with 8 Z draws per log-likelihood item under both Z protocols and with 5 Z
     samples per generation prompt, and the spread over draws and samples is recorded;
     baselines get one deterministic pass. Finished tasks are kept when the same command
-    runs again. To spread the items over several processes
+    runs again. With --snapshots, each arm's training snapshots are evaluated too (a
+    curve over training in the report, and the average over its last third); each
+    result records the step and the tokens seen. To spread the items over several processes
     or GPUs, launch with torchrun: `torchrun --nproc_per_node=8 -m ftbench eval ...` (the
     scores are the same for any number of ranks).
     """
@@ -374,6 +384,19 @@ def eval_(
             dirs = [None]
         elif model is not None:
             raise EvalError(f"--model: {model!r} is not supported (only 'oracle')")
+        elif snapshots is not None:
+            from ftbench.evaluation.snapshots import select
+
+            if not model_dirs:
+                raise EvalError("--snapshots: give run folders (models/<run>) or arms")
+            points, notes = select(list(model_dirs), snapshots)
+            dirs = [p.path for p in points]
+            if ctx.is_main:
+                for note in notes:
+                    typer.echo(f"note: {note}", err=True)
+                typer.echo(f"note: {len(points)} model(s) to evaluate: " + "; ".join(
+                    f"{a.name} steps {', '.join(str(p.step) for p in points if p.arm_dir == a)}"
+                    for a in dict.fromkeys(p.arm_dir for p in points)), err=True)
         else:
             if not model_dirs:
                 raise EvalError("give run folders (models/<run>), exported arms "
@@ -395,7 +418,9 @@ def eval_(
                                 compare_protocols=compare_protocols, z_draws=z_draws, seed=seed,
                                 fewshot_seed=fewshot_seed, batch_size=batch_size,
                                 n_samples=n_samples, temperature=temperature,
-                                verify_weights=False)  # checked above, before any task
+                                # Checked above, before any task; snapshots as each loads:
+                                # hashing them all up front would repeat at every rerun.
+                                verify_weights=snapshots is not None and verify_weights)
         evaluate_models(dirs, tasks, settings, results, str(data_dir) if data_dir else None,
                         results / ".cache", ctx=ctx, verbose=verbose)
     except (EvalError, DataError, ModelLoadError, ValueError) as e:
@@ -457,9 +482,10 @@ def results_table(
     models: Path = typer.Option(Path("models"), "--models", help="Trained models root (each "
                                 "Free arm's κ is read from its config.json)."),
 ) -> None:
-    """Write the runs' results as one tidy table: a row per (run, seed, arm, κ, task, metric,
-    Z protocol) with value, standard error, n items, Z protocol, K, n samples, limit, data
-    version and weights hash; the table the report is built from. In Python:
+    """Write the runs' results as one tidy table: a row per (run, seed, arm, κ, step, task,
+    metric, Z protocol) with the step and tokens seen (snapshot rows from `ftbench eval
+    --snapshots`, the final export at its last step), value, standard error, n items, Z
+    protocol, K, n samples, limit, data version and weights hash; the table the report is built from. In Python:
     `ftbench.results_frame(["toy"])` and `ftbench.items_frame(["toy"])`."""
     import sys
 

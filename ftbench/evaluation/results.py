@@ -9,7 +9,7 @@
       "n_items": 1319, "limit": null,
       "task_version": "3.0", "data": {"mode": "offline", "files": {"gsm8k/test.jsonl": "<sha256>"}},
       "model": {"path": ..., "run": ..., "arm": ..., "arch": ..., "config_sha256": ...,
-                "weights_sha256": ...},
+                "weights_sha256": ..., "snapshot": false, "step": 150, "tokens": 307200},
       "protocol": {"arch": "free", "z_protocol": "posterior", "z_draws": 8, "z_seed": 0,
                    "protocols": ["posterior", "prior"], "estimator": "log-mean-exp ..."},
       "seed": 0, "fewshot_seed": 0, "versions": {...}, "git": {"commit": ..., "dirty": ...},
@@ -46,6 +46,10 @@ compares like for like): {"rows", "batch_size", "prompt_tokens", "new_tokens",
 "generated", "repeats", "seconds" (median), "seconds_all", "tokens_per_s", "load_avg"}.
 "generation.new_tokens" counts the tokens rows really generated, cut at their stop.
 "deviations" (code tasks, schema 3): what differs from a plain EvalPlus 0.3.1 run.
+"model.step" and "model.tokens" (optional; files written before they were recorded lack
+them): the training step and tokens seen of the weights scored; "model.snapshot" is true
+for an evaluation snapshot (results/<run>/<arm>/snapshots/step-NNNNNN/<task>.json, written
+by `ftbench eval --snapshots`), false for the final export.
 Schema 1 and 2 files (without the schema 3 blocks) are still read.
 """
 
@@ -157,3 +161,19 @@ def library_versions() -> dict:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def training_point(model_dir: Path, meta: dict) -> dict:
+    """Where in training the weights come from: the step and the tokens seen, and whether
+    they are an evaluation snapshot (models/<run>/<arm>/snapshots/step-NNNNNN/) or the
+    final export (its last step)."""
+    snap = meta.get("snapshot")
+    if snap:
+        return {"run": model_dir.parents[2].name,
+                "arm": meta.get("arm") or model_dir.parents[1].name, "snapshot": True, "step": snap["step"], "tokens": snap["tokens"]}
+    steps = meta.get("steps")
+    run = (meta.get("pair_config") or {}).get("run") or {}
+    data = (meta.get("pair_config") or {}).get("data") or {}
+    tokens = (steps * run["batch_size"] * data["seq_len"]
+              if steps is not None and "batch_size" in run and "seq_len" in data else None)
+    return {"snapshot": False, "step": steps, "tokens": tokens}

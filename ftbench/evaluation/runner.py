@@ -13,7 +13,8 @@ from ftbench.data.mirror import go_offline, resolve_data_dir
 from ftbench.evaluation.lm_eval_tasks import (LM_EVAL_TASKS, BuiltTasks, build_task_dir,
                                              data_fingerprint)
 from ftbench.evaluation.results import (SCHEMA_VERSION, ResultsError, file_sha256, git_state,
-                                        library_versions, now_iso, read_result, write_result)
+                                        library_versions, now_iso, read_result, training_point,
+                                        write_result)
 from ftbench.evaluation.scoring import FREE_Z_DRAWS
 from ftbench.training.distributed import DistContext, barrier
 from ftbench.training.hardware import load_average
@@ -169,9 +170,10 @@ def model_record(model_dir: Path | None) -> dict:
     import json
 
     meta = json.loads((model_dir / "config.json").read_text())
-    return {"path": str(model_dir), "run": model_dir.parent.name, "arm": model_dir.name,
-            "arch": meta["arch"], "config_sha256": file_sha256(model_dir / "config.json"),
-            "weights_sha256": file_sha256(model_dir / "model.safetensors")}
+    record = {"path": str(model_dir), "run": model_dir.parent.name, "arm": model_dir.name,
+              "arch": meta["arch"], "config_sha256": file_sha256(model_dir / "config.json"),
+              "weights_sha256": file_sha256(model_dir / "model.safetensors")}
+    return {**record, **training_point(model_dir, meta)}
 
 
 def _same_settings(old: dict, new: dict) -> bool:
@@ -479,14 +481,15 @@ def _evaluate_models(model_dirs, tasks, s, results_root, mirror, cache, log, ctx
                 "limit": s.limit, "protocol": protocol, "seed": s.seed,
                 "fewshot_seed": s.fewshot_seed, "data": data, "model": record}),
                 others_run=False)
+            label = f"{record['run']}/{record['arm']}" + (
+                f"@step-{record['step']}" if record.get("snapshot") else "") + f"/{task}"
             if done:
-                say(f"{record['run']}/{record['arm']}/{task}: done already ({out})")
+                say(f"{label}: done already ({out})")
                 written.append(out)
                 continue
             if lm is None:
                 lm = _make_lm(model_dir, s, mctx)
             t0 = time.perf_counter()
-            label = f"{record['run']}/{record['arm']}/{task}"
             if verbose:
                 say(f"{label}: evaluating")
             # The task's one progress bar says which task it is.
@@ -518,8 +521,11 @@ def result_path(results_root: Path, record: dict, task: str, seed: int,
                 fewshot_seed: int = 0) -> Path:
     """Seed 0 is the arm's main result; other seeds are replicas kept beside it (the
     report shows their spread: Z draws for Free arms, sampling for code); another
-    few-shot seed is a replica of its own."""
+    few-shot seed is a replica of its own. An evaluation snapshot's results go to
+    <arm>/snapshots/step-NNNNNN/, laid out the same way."""
     arm_dir = results_root / record["run"] / record["arm"]
+    if record.get("snapshot"):
+        arm_dir = arm_dir / "snapshots" / f"step-{record['step']:06d}"
     if seed == 0 and fewshot_seed == 0:
         return arm_dir / f"{task}.json"
     name = f"seed{seed}" + (f"-fewshot{fewshot_seed}" if fewshot_seed else "")

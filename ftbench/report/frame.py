@@ -1,6 +1,10 @@
 """Results as tidy tables (pandas): one row per (run, seed, arm, κ, task, metric, Z protocol),
 and the per-item outcomes beside them for paired analyses.
 
+`step` and `tokens` say where in training the weights were taken: the final export (its
+last step, `snapshot` False) or an evaluation snapshot (`ftbench eval --snapshots`,
+results in <arm>/snapshots/step-NNNNNN/, `snapshot` True).
+
 The report's score tables are read from this frame, and `ftbench report` writes it as
 results.csv, so the numbers a researcher loads are the report's numbers.
 """
@@ -10,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftbench.evaluation.results import ResultsError, read_result, training_point
 from ftbench.report.collect import HEADLINE, ArmResults, ReportError, collect
 
 # Column -> pandas dtype. Nullable dtypes, so that a missing value (a baseline's κ, a run
@@ -19,6 +25,7 @@ from ftbench.report.collect import HEADLINE, ArmResults, ReportError, collect
 RESULT_COLUMNS = {
     "run": "string", "arm": "string", "arch": "string", "kappa_bits": "float64",
     "seed": "Int64", "fewshot_seed": "Int64", "replica": "boolean",
+    "snapshot": "boolean", "step": "Int64", "tokens": "Int64",
     "suite": "string", "task": "string", "metric": "string", "headline_metric": "boolean",
     "z_protocol": "string", "headline_protocol": "boolean",
     "value": "float64", "stderr": "float64", "n_items": "Int64",
@@ -28,7 +35,8 @@ RESULT_COLUMNS = {
 }
 ITEM_COLUMNS = {
     "run": "string", "arm": "string", "arch": "string", "kappa_bits": "float64",
-    "seed": "Int64", "fewshot_seed": "Int64", "replica": "boolean", "task": "string",
+    "seed": "Int64", "fewshot_seed": "Int64", "replica": "boolean",
+    "snapshot": "boolean", "step": "Int64", "tokens": "Int64", "task": "string",
     "metric": "string", "z_protocol": "string", "headline_protocol": "boolean",
     "item": "string", "outcome": "float64",
 }
@@ -36,32 +44,89 @@ FORMATS = ("csv", "parquet", "json", "md")
 
 
 def results_frame(runs: list[str], results_root: Path | str = "results",
-                  models_root: Path | str = "models"):
+                  models_root: Path | str = "models", snapshots: bool = True):
     """Every score of the runs' results files as one tidy pandas DataFrame.
 
-    Rows: (run, seed, arm, κ, task, metric, Z protocol); a Free arm's log-likelihood task
-    scored under both Z protocols has a row per protocol (`headline_protocol` marks the one
-    the report leads with). `replica` rows come from <arm>/seed<N>/ (other eval seeds)."""
-    return frame_from_arms(_collect(runs, results_root), Path(models_root))
+    Rows: (run, seed, arm, κ, step, task, metric, Z protocol); a Free arm's log-likelihood
+    task scored under both Z protocols has a row per protocol (`headline_protocol` marks
+    the one the report leads with). `replica` rows come from <arm>/seed<N>/ (other eval
+    seeds); `snapshot` rows from <arm>/snapshots/step-NNNNNN/ (snapshots=False leaves them
+    out). `step` and `tokens`: the training step and tokens seen of the weights scored."""
+    arms, snaps = _collect(runs, results_root, snapshots)
+    return frame_from_arms(arms, Path(models_root), snaps)
 
 
 def items_frame(runs: list[str], results_root: Path | str = "results",
-                models_root: Path | str = "models"):
-    """Per-item outcomes (one row per item, metric and Z protocol) for paired analyses:
-    pivot on `item` to compare two arms on the same items."""
-    return items_from_arms(_collect(runs, results_root), Path(models_root))
+                models_root: Path | str = "models", snapshots: bool = True):
+    """Per-item outcomes (one row per item, metric, Z protocol and step) for paired
+    analyses: pivot on `item` to compare two arms on the same items."""
+    arms, snaps = _collect(runs, results_root, snapshots)
+    return items_from_arms(arms, Path(models_root), snaps)
 
 
-def _collect(runs: list[str], results_root: Path | str) -> list[ArmResults]:
+@dataclass
+class SnapshotResults:
+    """The results of one evaluation snapshot of an arm (results/<run>/<arm>/snapshots/
+    step-NNNNNN/), shaped like ArmResults."""
+    run: str
+    arm: str
+    step: int
+    results: dict[str, dict] = field(default_factory=dict)
+    replicas: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return read_result(path)
+    except ResultsError as e:
+        raise ReportError(str(e)) from None
+
+
+def collect_snapshots(results_root: Path | str, runs: list[str]) -> list[SnapshotResults]:
+    """Every evaluated snapshot of the runs, by run, arm and step."""
+    found = []
+    for run in runs:
+        run_dir = Path(results_root) / run
+        if not run_dir.is_dir():
+            continue
+        for arm_dir in sorted(p for p in run_dir.iterdir() if (p / "snapshots").is_dir()):
+            for step_dir in sorted((arm_dir / "snapshots").glob("step-*")):
+                if not step_dir.is_dir() or not step_dir.name[5:].isdigit():
+                    continue
+                snap = SnapshotResults(run, arm_dir.name, int(step_dir.name[5:]))
+                for path in sorted(step_dir.glob("*.json")):
+                    if not path.name.endswith(".sandbox.json"):
+                        r = _read(path)
+                        snap.results[r["task"]] = r
+                for path in sorted(step_dir.glob("seed*/*.json")):
+                    if not path.name.endswith(".sandbox.json"):
+                        r = _read(path)
+                        snap.replicas.setdefault(r["task"], []).append(r)
+                if snap.results:
+                    found.append(snap)
+    return found
+
+
+def _collect(runs: list[str], results_root: Path | str, snapshots: bool = False):
     if not runs:
         raise ReportError("name at least one run (a folder under the results root)")
-    return collect(Path(results_root), list(runs))
+    snaps = collect_snapshots(results_root, list(runs)) if snapshots else []
+    try:
+        arms = collect(Path(results_root), list(runs))
+    except ReportError:
+        if not snaps:
+            raise
+        arms = []  # snapshots evaluated while the arms are still training
+    return arms, snaps
 
 
-def _files(arms: list[ArmResults]):
-    """(arm, result, is_replica) for every results file, one schema version throughout."""
-    found = [(a, r, False) for a in arms for r in a.results.values()]
-    found += [(a, r, True) for a in arms for reps in a.replicas.values() for r in reps]
+def _files(arms: list[ArmResults], snaps: list[SnapshotResults] | None = None):
+    """(arm or snapshot, result, is_replica) for every results file, one schema version
+    throughout."""
+    found = []
+    for group in (arms, snaps or []):
+        found += [(a, r, False) for a in group for r in a.results.values()]
+        found += [(a, r, True) for a in group for reps in a.replicas.values() for r in reps]
     # Schema 3 added blocks (truncation counts, prompt hashes, EvalPlus deviations, the
     # timed decode workload) but no column of this frame: 2 and 3 mix.
     columns = {1: 1, 2: 2, 3: 2}
@@ -82,16 +147,35 @@ def data_version(data: dict) -> str:
 
 
 def _kappa(models_root: Path | None, arm: ArmResults, cache: dict) -> float | None:
+    return _arm_meta(models_root, arm, cache).get("kappa_bits")
+
+
+def _arm_meta(models_root: Path | None, arm, cache: dict) -> dict:
+    """The arm's exported config.json ({} where the models live elsewhere: κ and the final
+    step unknown, scores still listed)."""
     key = (arm.run, arm.arm)
     if models_root is None:
-        return None
+        return {}
     if key not in cache:
         cfg = models_root / arm.run / arm.arm / "config.json"
         try:
-            cache[key] = json.loads(cfg.read_text()).get("kappa_bits")
+            cache[key] = json.loads(cfg.read_text())
         except (OSError, json.JSONDecodeError):
-            cache[key] = None  # models live elsewhere: κ unknown, scores still listed
+            cache[key] = {}
     return cache[key]
+
+
+def _training_point(a, r: dict, meta: dict) -> dict:
+    """snapshot, step and tokens of a result: recorded in it (results written by this
+    ftbench), else, for a final export, the exported arm's last step."""
+    model = r["model"]
+    snapshot = isinstance(a, SnapshotResults)
+    if "step" in model:
+        return {"snapshot": snapshot, "step": model.get("step"), "tokens": model.get("tokens")}
+    if snapshot:
+        return {"snapshot": True, "step": a.step, "tokens": None}
+    point = training_point(Path(model.get("path") or "."), meta) if meta else {}
+    return {"snapshot": False, "step": point.get("step"), "tokens": point.get("tokens")}
 
 
 def _protocol_blocks(r: dict):
@@ -110,18 +194,22 @@ def _number(x) -> float:
         return float("nan")  # lm-eval writes "N/A" for a stderr it cannot compute
 
 
-def _identity(a: ArmResults, r: dict, replica: bool, kappa: float | None) -> dict:
-    return {"run": a.run, "arm": a.arm, "arch": r["protocol"].get("arch"), "kappa_bits": kappa,
-            "seed": r["seed"], "fewshot_seed": r.get("fewshot_seed", 0), "replica": replica}
+def _identity(a: ArmResults, r: dict, replica: bool, meta: dict) -> dict:
+    return {"run": a.run, "arm": a.arm, "arch": r["protocol"].get("arch"),
+            "kappa_bits": meta.get("kappa_bits"), "seed": r["seed"],
+            "fewshot_seed": r.get("fewshot_seed", 0), "replica": replica,
+            **_training_point(a, r, meta)}
 
 
-def frame_from_arms(arms: list[ArmResults], models_root: Path | None = None):
-    """The rows of results_frame from collected arms (models_root: where κ is read from)."""
+def frame_from_arms(arms: list[ArmResults], models_root: Path | None = None,
+                    snapshots: list[SnapshotResults] | None = None):
+    """The rows of results_frame from collected arms and snapshots (models_root: where κ
+    and the final step are read from)."""
     import pandas as pd
 
-    rows, kappas = [], {}
-    for a, r, replica in _files(arms):
-        ident = _identity(a, r, replica, _kappa(models_root, a, kappas))
+    rows, metas = [], {}
+    for a, r, replica in _files(arms, snapshots):
+        ident = _identity(a, r, replica, _arm_meta(models_root, a, metas))
         p = r["protocol"]
         for z, is_headline, metrics, _ in _protocol_blocks(r):
             for metric, m in metrics.items():
@@ -141,14 +229,15 @@ def frame_from_arms(arms: list[ArmResults], models_root: Path | None = None):
     return _typed(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), RESULT_COLUMNS)
 
 
-def items_from_arms(arms: list[ArmResults], models_root: Path | None = None):
+def items_from_arms(arms: list[ArmResults], models_root: Path | None = None,
+                    snapshots: list[SnapshotResults] | None = None):
     """MMLU-style per-subject outcomes ("<subject>/<metric>") are pooled under the metric,
     as "<subject>:<doc>" items, the same ids the report pairs on."""
     import pandas as pd
 
-    rows, kappas = [], {}
-    for a, r, replica in _files(arms):
-        ident = _identity(a, r, replica, _kappa(models_root, a, kappas))
+    rows, metas = [], {}
+    for a, r, replica in _files(arms, snapshots):
+        ident = _identity(a, r, replica, _arm_meta(models_root, a, metas))
         for z, is_headline, _, per_item in _protocol_blocks(r):
             for key, outcomes in per_item.items():
                 subject, metric = key.split("/", 1) if "/" in key else (None, key)
@@ -167,14 +256,17 @@ def _typed(df, columns: dict):
 
 
 def headline_scores(frame) -> dict[tuple[str, str, str], float]:
-    """(run, arm, task) -> the headline score of the arm's main results file."""
-    sel = frame[frame["headline_metric"] & frame["headline_protocol"] & ~frame["replica"]]
+    """(run, arm, task) -> the headline score of the arm's main results file (the final
+    export's, not a snapshot's)."""
+    sel = frame[frame["headline_metric"] & frame["headline_protocol"] & ~frame["replica"]
+                & ~frame["snapshot"]]
     return {(r.run, r.arm, r.task): float(r.value) for r in sel.itertuples()}
 
 
 def headline_replicas(frame) -> dict[tuple[str, str, str], list[tuple[int, int, float]]]:
-    """(run, arm, task) -> [(seed, fewshot seed, headline score)], main file first."""
-    sel = frame[frame["headline_metric"] & frame["headline_protocol"]]
+    """(run, arm, task) -> [(seed, fewshot seed, headline score)], main file first (the
+    final export's results, not a snapshot's)."""
+    sel = frame[frame["headline_metric"] & frame["headline_protocol"] & ~frame["snapshot"]]
     out: dict = {}
     for r in sel.sort_values("replica", kind="stable").itertuples():
         out.setdefault((r.run, r.arm, r.task), []).append(
