@@ -21,6 +21,7 @@ from ftbench.report.overhead import (PAPER_OVERHEAD, RATIO_TOLERANCE, ArmCost, a
 from ftbench.report.pairing import pair_checks, unmatched_banner
 from ftbench.report.protocols import between_text, gain_text, protocol_rows
 from ftbench.report.replica_groups import replica_groups
+from ftbench.report.sizes import size_blocks
 from ftbench.report.tables import PAPER_ANCHORS, Cell, cell_text, main_table, mean_sd_text
 from ftbench.repro.report import (find_repro, load_repro, synthetic_blocks,
                                    synthetic_seeds_blocks)
@@ -82,6 +83,7 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     doc.add(*latent_banners(latent))
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir, frame)
+    doc.add(*size_blocks(arms, inp.models_root, figures_dir, frame=frame))  # runs of 2+ sizes
     _protocols_section(doc, arms)
     _pairing_section(doc, checks)
     _seeds_section(doc, arms, frame, inp.models_root)
