@@ -572,3 +572,65 @@ def latent_diagnostics(curves: dict[str, list[dict]], path: Path,
         axes[-1].set_xlabel("step")
         fig.align_ylabels(axes)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark scores over training
+
+def _tokens_text(x: float, _=None) -> str:
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def score_curves(series: dict[str, dict], path: Path, title: str, ylabel: str,
+                 last_third_from: float | None = None, subtitle: str | None = None,
+                 band_label: str = "95 % interval", watermark: str | None = None) -> Path:
+    """One benchmark's score against training tokens, a line per arm with its uncertainty
+    band. `series` maps an arm label to {"tokens", "value", "lo", "hi"} (sequences, scores
+    as fractions, drawn in %) and optionally "final" (booleans: the final export's point,
+    drawn as a larger marker). `last_third_from` (tokens) shades the last third of
+    training, the span the report averages over."""
+    if not series:
+        raise ValueError("score_curves: no arms to plot")
+    colours = arm_colours(list(series))
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    with _canvas(path, 8.5, 4.2) as fig:
+        ax = fig.add_subplot()
+        if last_third_from is not None:
+            ax.axvspan(last_third_from, max(max(s["tokens"]) for s in series.values()),
+                       color="#f0e6c8", alpha=0.55, zorder=0, linewidth=0)
+        for k, (label, s) in enumerate(sorted(series.items(),
+                                              key=lambda kv: (not _is_baseline(kv[0]), kv[0]))):
+            x = np.asarray(s["tokens"], float)
+            y, lo, hi = (100 * np.asarray(s[key], float) for key in ("value", "lo", "hi"))
+            c = colours[label]
+            marker = markers[k % len(markers)]
+            ax.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0, zorder=1)
+            ax.plot(x, lo, color=c, linewidth=0.6, alpha=0.6, zorder=1)
+            ax.plot(x, hi, color=c, linewidth=0.6, alpha=0.6, zorder=1)
+            ax.plot(x, y, color=c, marker=marker, markersize=4.5, linewidth=1.8, label=label,
+                    zorder=3)
+            final = np.asarray(s.get("final", [False] * len(x)), bool)
+            if final.any():
+                ax.plot(x[final], y[final], marker=marker, markersize=9, linestyle="none",
+                        markerfacecolor="white", markeredgecolor=c, markeredgewidth=1.8,
+                        zorder=4)
+        ax.xaxis.set_major_formatter(FuncFormatter(_tokens_text))
+        ax.set_xlabel("training tokens seen (per arm)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + (f"\n{subtitle}" if subtitle else ""),
+                     fontsize=None if not subtitle else 10)
+        if watermark:
+            ax.text(0.5, 0.5, watermark, transform=ax.transAxes, ha="center", va="center",
+                    rotation=20, fontsize=22, color="#cc0000", alpha=0.15, zorder=0)
+        handles = ax.get_legend_handles_labels()[0]
+        handles.append(Patch(facecolor="#777777", alpha=0.25, label=band_label))
+        handles.append(Line2D([], [], color="#555555", marker="o", markersize=8,
+                              markerfacecolor="white", linestyle="none",
+                              label="final export"))
+        if last_third_from is not None:
+            handles.append(Patch(facecolor="#f0e6c8", label="last third (averaged)"))
+        _legend_right(ax, handles)
+    return Path(path)
