@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import NullLocator
+
 from ftbench.report.collect import HEADLINE
 from ftbench.report.plots import BASE_COLOURS, _canvas, arm_colours
 from ftbench.report.sizes import SizePoint, free_arms, tasks_in_order
@@ -13,11 +15,6 @@ from ftbench.report.sizes import SizePoint, free_arms, tasks_in_order
 
 def _by_x(points: list[SizePoint]) -> list[SizePoint]:
     return sorted(points, key=lambda p: (p.train_flops, p.run))
-
-
-def _errors(values, lows, highs) -> list[list[float]]:
-    """matplotlib's asymmetric error bars (below, above) in the plotted unit."""
-    return [[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]]
 
 
 def _draw_gain(ax, pts: list[SizePoint], colour: str, label: str, relative: bool) -> None:
@@ -34,11 +31,23 @@ def _draw_gain(ax, pts: list[SizePoint], colour: str, label: str, relative: bool
         return
     xs = [p.train_flops for p in pts]
     ax.plot(xs, ys, "-", color=colour, lw=1.2, alpha=0.7, label=label)
-    ax.errorbar(xs, ys, yerr=_errors(ys, lo, hi), fmt="none", ecolor=colour, elinewidth=1.0,
-                capsize=3)
+    # The interval's ends as they are: a percentile interval of a ratio need not hold its
+    # point estimate, which error bars (lengths either side of the point) cannot show.
+    ax.vlines(xs, lo, hi, colors=colour, lw=1.0)
+    ax.plot(xs + xs, lo + hi, "_", color=colour, ms=8)
     for x, y, p in zip(xs, ys, pts):
         ax.plot([x], [y], "o", ms=6, color=colour,
                 markerfacecolor=colour if p.significant else "white", markeredgewidth=1.4)
+
+
+def _flops_axis(ax, base: list[SizePoint], lo: float, hi: float) -> None:
+    """Log x with a labelled tick at each size (its baseline's FLOPs): a ladder spans a
+    decade or two, where the default log ticks would label nothing or every minor tick."""
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks([p.train_flops for p in base],
+                  [f"{p.size}\n{p.train_flops:.2g}" for p in base])
 
 
 def gains_vs_compute(points: list[SizePoint], path: Path) -> Path:
@@ -47,6 +56,8 @@ def gains_vs_compute(points: list[SizePoint], path: Path) -> Path:
     tasks = tasks_in_order(points)
     arms = free_arms(points)
     colours = arm_colours(["baseline", *arms])
+    xs = [p.train_flops for p in points]
+    lo, hi = min(xs) / 1.6, max(xs) * 1.6  # one range for every panel: sizes line up
     with _canvas(path, 13.0, 2.9 * len(tasks) + 0.9) as fig:
         axes = fig.subplots(len(tasks), 3, squeeze=False)
         for i, task in enumerate(tasks):
@@ -71,9 +82,9 @@ def gains_vs_compute(points: list[SizePoint], path: Path) -> Path:
                     ax.set_title("Free - baseline, points" if not relative
                                  else "(Free - baseline) / baseline")
             for ax in axes[i]:
-                ax.set_xscale("log")
+                _flops_axis(ax, base, lo, hi)
                 if i == len(tasks) - 1:
-                    ax.set_xlabel("training FLOPs (log)")
+                    ax.set_xlabel("training FLOPs (log; ticks at each size's baseline)")
         handles, labels = axes[0][1].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6),
