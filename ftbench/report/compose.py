@@ -12,6 +12,7 @@ from ftbench.report.collect import (HEADLINE, ArmResults, ReportError, banners, 
                                     contexts_cut)
 from ftbench.report.appendix import config_blocks, results_blocks
 from ftbench.report.contamination import contamination_blocks
+from ftbench.report.curves import curve_blocks
 from ftbench.report.document import Banner, Document, Figure, Heading, Link, Paragraph, Table
 from ftbench.report.frame import frame_from_arms, headline_replicas, headline_scores, write_frame
 from ftbench.report.latent import latent_banners, latent_blocks, latent_rows
@@ -84,6 +85,8 @@ def _benchmark_sections(doc: Document, arms: list[ArmResults], inp: ReportInputs
     costs = {(a.run, a.arm): arm_cost(inp.models_root, a.run, a.arm, a) for a in arms}
     _main_section(doc, arms, figures_dir, frame)
     doc.add(*size_blocks(arms, inp.models_root, figures_dir, frame=frame))  # runs of 2+ sizes
+    # Evaluated training snapshots (`ftbench eval --snapshots`): curves, last-third table.
+    doc.add(*curve_blocks(inp.runs, inp.results_root, inp.models_root, figures_dir))
     _protocols_section(doc, arms)
     _pairing_section(doc, checks)
     _seeds_section(doc, arms, frame, inp.models_root)

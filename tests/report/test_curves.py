@@ -1,6 +1,7 @@
 """Benchmarks over training: the last-third average, the paired gain's interval, the
 curve figure per benchmark and the tables, from snapshot results."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import ftbench
 from ftbench.evaluation.results import write_result
+from ftbench.model.presets import get_preset
 from ftbench.report.curves import (curve_blocks, kappa_text, last_third_average, paired_gain)
 from ftbench.report.document import Figure, Table
 from tests.report.test_tables import _result
@@ -32,6 +34,7 @@ def _write(results, models, arms=RATES, snapshots=True):
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps({
             "arch": arch, "arm": arm, "kappa_bits": KAPPA[arm], "steps": STEPS,
+            "model": dataclasses.asdict(get_preset("toy")),
             "pair_config": {"run": {"batch_size": 4}, "data": {"seq_len": 32}}}))
         for step, rate in rates.items():
             if step != STEPS and not snapshots:
@@ -114,3 +117,16 @@ def test_no_snapshots_no_section(tmp_path):
 def test_kappa_labels():
     assert [kappa_text(k) for k in (0.25, 0.5, 1.0, 2.0)] == ["1/4 bit", "1/2 bit", "1 bit",
                                                               "2 bits"]
+
+
+@pytest.mark.parametrize("snapshots", [True, False])
+def test_the_report_has_the_section_only_with_snapshots(tmp_path, snapshots):
+    from ftbench.report.compose import build_report, report_inputs
+    from ftbench.report.document import Heading
+
+    results, models = tmp_path / "results", tmp_path / "models"
+    _write(results, models, snapshots=snapshots)
+    doc = build_report(report_inputs(["run"], results, models), tmp_path / "figures")
+    headings = [b.text for b in doc.blocks if isinstance(b, Heading)]
+    assert ("Benchmarks over training" in headings) is snapshots
+    assert "Main comparison" in headings
