@@ -136,3 +136,36 @@ def test_dry_run_fits_one_80gb_gpu_and_estimates_gpu_hours(size):
     text = runner.invoke(app, ["train-pair", "--size", size, "--dry-run", "--world-size", "1",
                                "--device-memory", "80GB", "--gpu", "a100"]).output
     assert "GPU-hours are an ESTIMATE, not a measurement" in text and "A100" in text
+
+
+@pytest.mark.parametrize("size", list(LADDER))
+def test_dry_run_fits_eight_80gb_gpus(size):
+    result = runner.invoke(app, ["train-pair", "--size", size, "--dry-run", "--json",
+                                 "--world-size", "8", "--device-memory", "80GB"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["memory_plan"]
+    assert plan["world_size"] == 8 and all(row["checkpointing"]["fits"]
+                                           for row in plan["arms"].values())
+
+
+def test_slurm_array_trains_one_size_per_task(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "slurm" / "train_ladder.sbatch"
+    # Outside SLURM: no allocation's variables change the printed commands.
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("SLURM_") and k not in ("GPUS_PER_NODE", "FTBENCH")}
+    for task, size in enumerate(LADDER):
+        out = subprocess.run(["bash", str(script), "--set", "run.seed=1"], capture_output=True,
+                             text=True, env={**clean, "FTBENCH_DRY_RUN": "1",
+                                             "SLURM_ARRAY_TASK_ID": str(task)})
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[1].endswith(f"data prepare --size {size} --workers 16 --set run.seed=1")
+        assert lines[3] == ("torchrun --standalone --nproc_per_node=8 -m ftbench train-pair "
+                            f"--size {size} --set run.seed=1")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                         env={**clean, "SLURM_ARRAY_TASK_ID": "3"})
+    assert out.returncode == 2 and "use --array=0-2" in out.stderr
