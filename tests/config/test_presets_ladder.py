@@ -126,6 +126,12 @@ def test_dry_run_fits_one_80gb_gpu_and_estimates_gpu_hours(size):
         # 3 x forward: 2 (12 blocks + head) + 12 layers x 2 (T + 1) x 768, T 4,096.
         fwd = 2 * (12 * 7_077_888 + 50_304 * 768) + 12 * 2 * 4_097 * 768   # 322,652,160
         assert c["arms"]["baseline"]["train_flops"] == 3 * fwd * tokens
+        # The Free arm adds the encoder's block (full T x T attention, a D x 16 readout)
+        # and the Binary Mapper's backward over 2^16 codes.
+        enc = 2 * 7_077_888 + 4 * 4_096 * 768 + 2 * 768 * 16
+        mapper = 2 * 65_536 * 768 + 2 * 65_536 * 17
+        for arm in ("free-k0p25", "free-k0p5", "free-k1", "free-k2"):
+            assert c["arms"][arm]["train_flops"] == (3 * (fwd + enc) + mapper) * tokens
         # H100 SXM: 989 TFLOP/s bf16 at the assumed 40 %.
         assert c["arms"]["baseline"]["gpu_hours"] == pytest.approx(
             3 * fwd * tokens / (989e12 * 0.40) / 3600, rel=1e-12)
