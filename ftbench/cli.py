@@ -449,6 +449,9 @@ def report(
     Z draws, the Free model's overhead (parameters, FLOPs, measured time and memory), training
     curves and latent diagnostics, the synthetic-task reproduction when the run has one, and
     the settings. Banners flag --limit runs, mixed Z protocols and mixed data versions.
+    Runs of several sizes of one recipe (e.g. `ftbench report 125m 350m 760m`) add each
+    benchmark's baseline score and Free gains against training FLOPs; runs that differ in
+    more than size and seed are not put on that axis.
     """
     from ftbench.report.collect import ReportError
     from ftbench.report.compose import build_report, report_inputs

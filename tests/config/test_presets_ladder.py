@@ -110,6 +110,15 @@ def test_presets_and_info_list_the_ladder():
         assert info["baseline"]["params_total"] == hand["params"]
     assert rows["350m"][3] == "16/4" and rows["350m"][4] == "3200"
     assert rows["125m"][7] == "124M" and rows["760m"][7] == "757M"
+    # configs/README.md states the same shapes.
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "configs" / "README.md").read_text()
+    for size in LADDER:
+        line = next(x for x in doc.splitlines() if x.startswith(f"| `{size}.yaml`"))
+        r = rows[size]
+        assert (f"{r[1]} layers, D {r[2]}, {r[3]} heads, FFN {int(r[4]):,}" in line
+                and f": {r[7]} |" in line), line
 
 
 @pytest.mark.parametrize("size", list(LADDER))
