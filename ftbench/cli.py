@@ -168,7 +168,9 @@ def train_pair(
                             "...) whose datasheet bf16 peak the GPU-hour estimate uses."),
     mfu: Optional[float] = typer.Option(
         None, "--mfu", help="With --dry-run: the model-FLOPs utilisation the GPU-hour "
-                            "estimate assumes (default 0.40, what the 1.5B recipe reaches)."),
+                            "estimate assumes (default: the rehearsal's roofline figure "
+                            "for the ladder's sizes on an H100, else 0.40, what the 1.5B "
+                            "recipe reaches)."),
 ) -> None:
     """Train a matched baseline/Free pair from one config.
 
@@ -205,13 +207,12 @@ def train_pair(
             info = dry_run(cfg, world_size=world_size, device_memory=device_memory)
         except (DataError, ValueError) as e:
             _fail(str(e))
-        from ftbench.training.memory_plan import (ASSUMED_MFU, compute_plan,
-                                                  format_compute_plan, format_memory_plan,
-                                                  refusal_lines, run_fits)
+        from ftbench.training.memory_plan import (compute_plan, format_compute_plan,
+                                                  format_memory_plan, refusal_lines, run_fits)
 
         try:
             info["compute_plan"] = compute_plan(cfg, info, gpu=gpu, world_size=world_size,
-                                                mfu=ASSUMED_MFU if mfu is None else mfu)
+                                                mfu=mfu)
         except ValueError as e:
             _fail(f"--gpu/--mfu: {e}")
         too_big = run_fits(info["memory_plan"])

@@ -419,30 +419,49 @@ def refusal_lines(plan: dict, bad: dict, cfg: PairConfig) -> list[str]:
     return lines
 
 
-# Model-FLOPs utilisation assumed by the GPU-hour estimate: what ftbench's 1.5B recipe
-# reaches (the rehearsal's roofline for full checkpointing on 8 x H100: 41 %; a measured
-# 1.5B step on one H200 without checkpointing: 39 %; benchmarks/README.md). Narrower
-# models usually reach less, so at the ladder's sizes the estimate is a lower bound on time.
+# Model-FLOPs utilisation assumed by the GPU-hour estimate where the rehearsal has no figure
+# for the size: what ftbench's 1.5B recipe reaches (the rehearsal's roofline for full
+# checkpointing on 8 x H100: 41 %; a measured 1.5B step on one H200 without
+# checkpointing: 39 %; benchmarks/README.md).
 ASSUMED_MFU = 0.40
+# The rehearsal's roofline MFU on H100 SXM per size and arm (baseline, Free, the (L+1)-layer
+# control), model FLOPs: `ftbench doctor --simulate --size S --world-size 8 --layers 2
+# --gpu h100` on the shipped configs. These widths are memory-bound (norms, RoPE, SwiGLU's
+# pointwise ops and the optimiser at HBM bandwidth weigh more beside smaller matmuls), so
+# they reach less than the 1.5B shape's 41 %. A roofline is an upper bound on speed.
+ROOFLINE_GPU = "H100 SXM 80GB"
+ROOFLINE_MFU = {
+    "125m": {"baseline": 0.257, "free": 0.261, "control": 0.258},
+    "350m": {"baseline": 0.306, "free": 0.306, "control": 0.306},
+    "760m": {"baseline": 0.369, "free": 0.368, "control": 0.369},
+}
 SNAPSHOTS_PER_RUN = 30
 """run.snapshot_every unset: about this many snapshots over a run."""
 
 
-def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float = ASSUMED_MFU,
+def _arm_kind(name: str, arch: str) -> str:
+    return "free" if arch == "free" else "control" if name.endswith("-control") else "baseline"
+
+
+def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float | None = None,
                  world_size: int = 1) -> dict:
     """Tokens, FLOPs, disk and estimated GPU-hours of every arm and of the whole grid, from
     a dry run's figures (`dry`: ftbench.training.pair.dry_run's dict). GPU-hours are model
-    FLOPs / (the GPU's datasheet bf16 peak x `mfu`): an estimate, not a measurement."""
+    FLOPs / (the GPU's datasheet bf16 peak x MFU): an estimate, not a measurement. MFU:
+    `mfu` if given; else the rehearsal's roofline figure for the size on the GPU it was
+    computed for (ROOFLINE_MFU); else ASSUMED_MFU."""
     import numpy as np
 
     from ftbench.data.shards import token_dtype
     from ftbench.training.checkpoint import KEEP
     from ftbench.training.hardware import gpu_spec
 
-    if not 0 < mfu <= 1:
+    if mfu is not None and not 0 < mfu <= 1:
         raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
     spec = gpu_spec(gpu)
-    rate = spec.bf16_flops * mfu
+    roofline = ROOFLINE_MFU.get(cfg.size) if spec.name == ROOFLINE_GPU else None
+    source = ("given" if mfu is not None else "roofline" if roofline is not None
+              else "assumed")
     steps = cfg.run.steps
     tokens = dry["tokens_per_step"] * steps
     snapshot_every = getattr(cfg.run, "snapshot_every", 0)
@@ -452,9 +471,12 @@ def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float = 
     gpu_dtype_bytes = 4 if cfg.run.dtype == "float32" else 2  # auto: bf16 on a GPU
     arms = {}
     for name, a in dry["arms"].items():
+        arm_mfu = (mfu if mfu is not None else roofline[_arm_kind(name, a["arch"])]
+                   if roofline is not None else ASSUMED_MFU)
         flops = a["train_flops_per_token"] * tokens
         arms[name] = {
-            "tokens": tokens, "train_flops": flops, "gpu_hours": flops / rate / 3600,
+            "tokens": tokens, "train_flops": flops, "mfu": arm_mfu,
+            "gpu_hours": flops / (spec.bf16_flops * arm_mfu) / 3600,
             # fp32 master weights and AdamW's two moments per kept checkpoint.
             "checkpoint_bytes": KEEP * 12 * a["params"],
             "export_bytes": 4 * a["params"],
@@ -465,7 +487,7 @@ def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float = 
     shard_bytes = token_bytes * planned / (1 - cfg.data.val_fraction)
     total_flops = sum(a["train_flops"] for a in arms.values())
     gpu_hours = sum(a["gpu_hours"] for a in arms.values())
-    return {"gpu": spec.name, "peak_bf16_flops": spec.bf16_flops, "mfu_assumed": mfu,
+    return {"gpu": spec.name, "peak_bf16_flops": spec.bf16_flops, "mfu_source": source,
             "world_size": world_size, "steps": steps, "tokens_per_arm": tokens,
             "arms": arms, "grid_train_flops": total_flops, "grid_gpu_hours": gpu_hours,
             "grid_wall_hours": gpu_hours / world_size,
@@ -487,13 +509,18 @@ def format_compute_plan(c: dict) -> list[str]:
                 if c["snapshots_per_arm"] else "none")]
     for name, a in c["arms"].items():
         lines.append(f"  {name:16s} train FLOPs {a['train_flops']:.3e}  est. "
-                     f"{a['gpu_hours']:,.1f} GPU-hours  checkpoints {gb(a['checkpoint_bytes'])}"
+                     f"{a['gpu_hours']:,.1f} GPU-hours (MFU {100 * a['mfu']:.1f} %)  checkpoints {gb(a['checkpoint_bytes'])}"
                      f", export {gb(a['export_bytes'])}, snapshots {gb(a['snapshot_bytes'])}")
     lines.append(f"  grid: {len(c['arms'])} arms, {c['grid_train_flops']:.3e} FLOPs, est. "
                  f"{c['grid_gpu_hours']:,.1f} GPU-hours on {c['gpu']} ({c['grid_wall_hours']:,.1f} "
                  f"hours on {c['world_size']} GPU(s)), disk {gb(c['grid_disk_bytes'])}")
-    lines.append(f"  GPU-hours are an ESTIMATE, not a measurement: model FLOPs at "
-                 f"{100 * c['mfu_assumed']:.0f} % of the {c['gpu']}'s datasheet bf16 peak "
-                 f"({c['peak_bf16_flops'] / 1e12:,.0f} TFLOP/s; --gpu, --mfu); "
-                 "`ftbench doctor --simulate` rehearses the step for a roofline time")
+    mfus = sorted({round(100 * a["mfu"], 1) for a in c["arms"].values()})
+    why = {"given": "as given (--mfu)",
+           "roofline": "the rehearsal's roofline for this size on this GPU (`ftbench doctor "
+                       "--simulate`; an upper bound on speed)",
+           "assumed": "assumed: the 1.5B recipe's; `ftbench doctor --simulate` rehearses "
+                      "this size for a roofline figure"}[c["mfu_source"]]
+    lines.append(f"  GPU-hours are an ESTIMATE, not a measurement: model FLOPs at MFU "
+                 f"{' / '.join(f'{m:g}' for m in mfus)} % of the {c['gpu']}'s datasheet bf16 "
+                 f"peak ({c['peak_bf16_flops'] / 1e12:,.0f} TFLOP/s), {why}; --gpu, --mfu")
     return lines

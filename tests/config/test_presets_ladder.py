@@ -141,16 +141,28 @@ def test_dry_run_fits_one_80gb_gpu_and_estimates_gpu_hours(size):
         mapper = 2 * 65_536 * 768 + 2 * 65_536 * 17
         for arm in ("free-k0p25", "free-k0p5", "free-k1", "free-k2"):
             assert c["arms"][arm]["train_flops"] == (3 * (fwd + enc) + mapper) * tokens
-        # H100 SXM: 989 TFLOP/s bf16 at the assumed 40 %.
+        # H100 SXM: 989 TFLOP/s bf16, at the rehearsal's roofline MFU for 125m (25.7 %
+        # baseline, 26.1 % Free: `ftbench doctor --simulate --size 125m --world-size 8`).
+        assert c["mfu_source"] == "roofline"
         assert c["arms"]["baseline"]["gpu_hours"] == pytest.approx(
-            3 * fwd * tokens / (989e12 * 0.40) / 3600, rel=1e-12)
+            3 * fwd * tokens / (989e12 * 0.257) / 3600, rel=1e-12)
+        assert c["arms"]["free-k0p5"]["gpu_hours"] == pytest.approx(
+            (3 * (fwd + enc) + mapper) * tokens / (989e12 * 0.261) / 3600, rel=1e-12)
+        given = json.loads(runner.invoke(app, [
+            "train-pair", "--size", size, "--dry-run", "--json", "--device-memory", "80GB",
+            "--mfu", "0.5", "--gpu", "a100"]).output)["compute_plan"]
+        # A100: 312 TFLOP/s bf16, at the MFU given.
+        assert given["mfu_source"] == "given" and given["arms"]["baseline"]["gpu_hours"] == \
+            pytest.approx(3 * fwd * tokens / (312e12 * 0.5) / 3600, rel=1e-12)
         # uint16 shards (50,304 < 2^16): 2 bytes a token, validation (0.05 %) on top.
         assert c["shard_bytes"] == pytest.approx(2 * (tokens + 1) / (1 - 0.0005), rel=1e-9)
     assert c["grid_train_flops"] == pytest.approx(sum(a["train_flops"]
                                                       for a in c["arms"].values()))
     text = runner.invoke(app, ["train-pair", "--size", size, "--dry-run", "--world-size", "1",
                                "--device-memory", "80GB", "--gpu", "a100"]).output
+    # No roofline figure for an A100: the 1.5B recipe's 40 %, said so.
     assert "GPU-hours are an ESTIMATE, not a measurement" in text and "A100" in text
+    assert "MFU 40 %" in text and "assumed" in text
 
 
 @pytest.mark.parametrize("size", list(LADDER))
