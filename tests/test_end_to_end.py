@@ -91,6 +91,12 @@ def test_toy_pipeline_end_to_end(tmp_path, data_dir, monkeypatch):
         assert task in md
     assert "SMOKE TEST" in md and "Overhead" in md and "parameters without W_post" in md
     assert "training time / token (measured)" in md
+    # The report read the pair's records and found it matched at every step.
+    assert "PAIR NOT MATCHED" not in md
+    section = md.split("## Matched pair", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| free-k0p5 |"))
+    assert "identical at 150 of 150 steps" in row and "shared tensors)" in row, row
+    assert row.count("identical") == 4, row
     html = (tmp_path / "reports" / "toy" / "report.html").read_text()
     tags = _Tags()
     tags.feed(html)
