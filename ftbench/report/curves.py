@@ -170,9 +170,10 @@ def curve_blocks(runs: list[str], results_root: Path, models_root: Path, figures
     items = items_frame(runs, results_root, models_root)
     multi = len(set(frame["run"])) > 1
     head = headline_rows(frame).dropna(subset=["step", "tokens"])
+    order = list(HEADLINE)  # the main table's order: code, math, qa
     tasks = sorted(set(head["task"]) & set(HEADLINE),
                    key=lambda t: (SUITE_ORDER.get(str(head[head["task"] == t]["suite"].iloc[0]),
-                                                  9), t))
+                                                  9), order.index(t)))
     blocks = [Heading("Benchmarks over training"), Paragraph(
         "Each arm's headline score at every evaluated training snapshot (`ftbench eval "
         "--snapshots`) and at the final export (large hollow marker), against the training "

@@ -627,9 +627,10 @@ def score_curves(series: dict[str, dict], path: Path, title: str, ylabel: str,
                     rotation=20, fontsize=22, color="#cc0000", alpha=0.15, zorder=0)
         handles = ax.get_legend_handles_labels()[0]
         handles.append(Patch(facecolor="#777777", alpha=0.25, label=band_label))
-        handles.append(Line2D([], [], color="#555555", marker="o", markersize=8,
-                              markerfacecolor="white", linestyle="none",
-                              label="final export"))
+        if any(any(s.get("final", [])) for s in series.values()):
+            handles.append(Line2D([], [], color="#555555", marker="o", markersize=8,
+                                  markerfacecolor="white", linestyle="none",
+                                  label="final export"))
         if last_third_from is not None:
             handles.append(Patch(facecolor="#f0e6c8", label="last third (averaged)"))
         _legend_right(ax, handles)
