@@ -17,7 +17,7 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _snapshot_from_checkpoint(ctx, root, run, step, out):
+def _snapshot_from_checkpoint(ctx, root, run, step, out, steps=STEPS, **run_options):
     """One process: load the run's DCP checkpoint of `step` into an unsharded model and
     write that model's snapshot with the training code's writer."""
     from ftbench.doctor.parity import _fingerprint
@@ -26,7 +26,8 @@ def _snapshot_from_checkpoint(ctx, root, run, step, out):
     from ftbench.training.loop import build_arm_model, make_optimizer
     from ftbench.training.snapshots import write_snapshot
 
-    cfg = parity_config(root, steps=STEPS, checkpoint_every=EVERY, snapshot_every=EVERY)
+    cfg = parity_config(root, steps=steps, checkpoint_every=EVERY, snapshot_every=EVERY,
+                        **run_options)
     for arm in pair_arms(cfg, cfg.model.vocab_size):
         model = build_arm_model(arm, cfg, ctx)
         optim = make_optimizer(model, cfg)
@@ -82,3 +83,23 @@ def test_two_fsdp_ranks_write_the_weights_of_one_process(tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0.01 * 3e-3, msg=k)
         # Steps 3 and 4 moved the weights: equal files would not be a vacuous pass.
         assert any(not torch.equal(a[k], init[k]) for k in a)
+
+
+def test_a_bfloat16_run_writes_its_snapshots_in_bfloat16(tmp_path):
+    """Under bfloat16 autocast the snapshot holds the weights rounded to bfloat16 (half the
+    disk), and nothing else: the float32 weights of the same step, rounded."""
+    from safetensors.torch import load_file
+
+    options = dict(steps=3, dtype="bfloat16")
+    run_local([(train_phase, dict(root=tmp_path, run="bf16", checkpoint_every=EVERY,
+                                  snapshot_every=EVERY, **options)),
+               (_snapshot_from_checkpoint, dict(root=tmp_path, run="bf16", step=2,
+                                                out=tmp_path / "reloaded", **options))])
+    for arm in ARMS:
+        path = snapshot_dir(tmp_path / "bf16" / arm, 2)
+        assert sorted(list_snapshots(tmp_path / "bf16" / arm)) == [2]  # not 3: the export's
+        assert json.loads((path / "config.json").read_text())["snapshot"]["dtype"] == "bfloat16"
+        snap = load_file(str(path / "model.safetensors"))
+        assert all(v.dtype == torch.bfloat16 for v in snap.values())
+        assert _sha(path / "model.safetensors") == _sha(
+            snapshot_dir(tmp_path / "reloaded" / arm, 2) / "model.safetensors")
