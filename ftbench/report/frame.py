@@ -146,10 +146,6 @@ def data_version(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _kappa(models_root: Path | None, arm: ArmResults, cache: dict) -> float | None:
-    return _arm_meta(models_root, arm, cache).get("kappa_bits")
-
-
 def _arm_meta(models_root: Path | None, arm, cache: dict) -> dict:
     """The arm's exported config.json ({} where the models live elsewhere: κ and the final
     step unknown, scores still listed)."""

@@ -64,23 +64,6 @@ def snapshot_dtype(cfg: PairConfig, device: torch.device) -> torch.dtype:
     return autocast_dtype(cfg, device) or torch.float32
 
 
-def snapshot_bytes(params: int, dtype: torch.dtype) -> int:
-    """Disk taken by one snapshot's weights (the config and tokenizer are small)."""
-    return params * torch.empty((), dtype=dtype).element_size()
-
-
-def plan(cfg: PairConfig, params_by_arm: dict[str, int], device_type: str = "cuda") -> dict:
-    """For --dry-run: the interval, the steps and the disk the snapshots will take per arm
-    and in all, in the dtype training will use on `device_type`."""
-    dtype = snapshot_dtype(cfg, torch.device(device_type))
-    steps = snapshot_steps(cfg)
-    per_arm = {name: snapshot_bytes(p, dtype) * len(steps) for name, p in params_by_arm.items()}
-    return {"every": snapshot_interval(cfg), "count": len(steps),
-            "first": steps[0] if steps else None, "last": steps[-1] if steps else None,
-            "dtype": str(dtype).removeprefix("torch."), "device_type": device_type,
-            "bytes_per_arm": per_arm, "bytes_total": sum(per_arm.values())}
-
-
 def list_snapshots(arm_dir: Path) -> dict[int, Path]:
     """step -> folder of every complete snapshot of an arm (temporary folders are not)."""
     root = Path(arm_dir) / SNAPSHOTS
