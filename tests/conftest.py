@@ -43,6 +43,7 @@ SLOWEST_FILES = (
     "tests/model/test_models.py",
     "tests/training/test_pair.py",
     "tests/test_readme_commands.py",
+    "tests/report/test_sizes.py",
 )
 
 from ftbench.model import build_model, get_preset  # noqa: E402
