@@ -116,3 +116,23 @@ def test_interrupted_snapshot_evaluation_resumes_to_the_same_files(snap_run, tmp
     assert set(items["step"]) == {2, 6}
     assert len(ftbench.results_frame([snap_run.name], tmp_path / "whole", snap_run.parent,
                                      snapshots=False)) == len(frame) / 2
+
+
+def test_an_arm_still_training_is_evaluated_on_its_snapshots_so_far(snap_run, tmp_path):
+    import shutil
+
+    run = tmp_path / snap_run.name
+    shutil.copytree(snap_run / "free-k0p5", run / "free-k0p5")
+    shutil.copy(snap_run / "pair.yaml", run / "pair.yaml")
+    for name in ("config.json", "model.safetensors"):  # not exported yet
+        (run / "free-k0p5" / name).unlink()
+    shutil.rmtree(run / "free-k0p5" / "snapshots" / "step-000004")  # not written yet
+    points, notes = select([run], "all")
+    assert _steps(points) == [("free-k0p5", 2, False)]
+    assert notes == [f"{run / 'free-k0p5'}: still training (final export not written yet); "
+                     "evaluating its 1 snapshot(s) so far"]
+    # The last third needs the run's length: the snapshot's record gives it (6 steps).
+    assert select([run], "last-third")[0] == []
+    # A snapshot being written (its temporary folder) is not listed.
+    (run / "free-k0p5" / "snapshots" / "step-000004.tmp").mkdir()
+    assert _steps(select([run], "all")[0]) == [("free-k0p5", 2, False)]
