@@ -610,8 +610,11 @@ def score_curves(series: dict[str, dict], path: Path, title: str, ylabel: str,
             ax.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0, zorder=1)
             ax.plot(x, lo, color=c, linewidth=0.6, alpha=0.6, zorder=1)
             ax.plot(x, hi, color=c, linewidth=0.6, alpha=0.6, zorder=1)
-            ax.plot(x, y, color=c, marker=marker, markersize=4.5, linewidth=1.8, label=label,
-                    zorder=3)
+            # Baselines dashed and on top: where an arm scores the same, both stay visible.
+            base = _is_baseline(label)
+            ax.plot(x, y, color=c, marker=marker, markersize=4 if base else 5.5,
+                    linewidth=1.6 if base else 2.0, label=label, zorder=5 if base else 3,
+                    linestyle=(0, (5, 2)) if base else "-")
             final = np.asarray(s.get("final", [False] * len(x)), bool)
             if final.any():
                 ax.plot(x[final], y[final], marker=marker, markersize=9, linestyle="none",
