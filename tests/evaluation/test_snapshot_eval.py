@@ -71,7 +71,6 @@ def _stable(path):
     return {k: v for k, v in body.items() if k not in VOLATILE}
 
 
-@pytest.mark.slow
 def test_interrupted_snapshot_evaluation_resumes_to_the_same_files(snap_run, tmp_path, data_dir,
                                                                     monkeypatch):
     cache = tmp_path / "cache"

@@ -48,7 +48,6 @@ def test_snapshot_steps(tmp_path, steps, every, expected):
     assert snapshot_steps(cfg) == expected
 
 
-@pytest.mark.slow
 def test_two_fsdp_ranks_write_the_weights_of_one_process(tmp_path):
     """Two gloo ranks under FSDP2 train 6 steps with a snapshot every 2; the snapshot of
     step 4 is bit-identical to the one a single process writes from the same weights (the
