@@ -49,10 +49,10 @@ def arm_fingerprint(cfg: PairConfig, arm: Arm, data_key: str) -> dict:
 
 # grad_accum splits the same global batch (Z is drawn per global row), so a run may resume
 # on other hardware with another split; checkpointing, compile and sharding change how a
-# step is computed, not what it computes.
+# step is computed, not what it computes; snapshots only read the weights.
 FREE_TO_CHANGE = ("checkpoint_every", "eval_every", "val_batches", "out_dir", "compile",
                   "activation_checkpointing", "matched_control", "trackers", "grad_accum",
-                  "timeout_minutes", "checkpoint_policy", "shard_ranks")
+                  "timeout_minutes", "checkpoint_policy", "shard_ranks", "snapshot_every")
 # How AdamW runs (fused or foreach) changes rounding, not the run.
 OPTIM_FREE_TO_CHANGE = ("fused",)
 

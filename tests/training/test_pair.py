@@ -374,3 +374,15 @@ def test_checkpoints_fingerprinted_with_grad_accum_still_resume(tmp_path):
     (tmp_path / "a" / "checkpoints" / "step_00000006").rename(tmp_path / "a" / "later")
     with pytest.raises(CheckpointError, match="differs in: run"):
         train_arm(arm, cfg, data.train, data.val, tmp_path / "a", CTX, fp, log=_quiet)
+
+
+def test_runs_trained_before_snapshots_existed_keep_their_fingerprint():
+    """The run hash recorded by the code before run.snapshot_every existed (this config,
+    the Free arm): a new field that only reads the weights must not make every earlier
+    checkpoint and export refuse to resume, nor may changing the interval mid-run."""
+    cfg = tiny_pair_config("/nonexistent")
+    arm = pair_arms(cfg, 512)[1]
+    fp = arm_fingerprint(cfg, arm, "k")
+    assert (fp["run"], fp["run_also_accepted"]) == ("97108586b68c5e2a", ["c31ca8cb11644523"])
+    cfg.run.snapshot_every = 7
+    assert arm_fingerprint(cfg, arm, "k") == fp
