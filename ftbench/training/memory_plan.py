@@ -435,8 +435,6 @@ ROOFLINE_MFU = {
     "350m": {"baseline": 0.306, "free": 0.306, "control": 0.306},
     "760m": {"baseline": 0.369, "free": 0.368, "control": 0.369},
 }
-SNAPSHOTS_PER_RUN = 30
-"""run.snapshot_every unset: about this many snapshots over a run."""
 
 
 def _arm_kind(name: str, arch: str) -> str:
@@ -464,10 +462,10 @@ def compute_plan(cfg: PairConfig, dry: dict, *, gpu: str = "h100", mfu: float | 
               else "assumed")
     steps = cfg.run.steps
     tokens = dry["tokens_per_step"] * steps
-    snapshot_every = getattr(cfg.run, "snapshot_every", 0)
-    if snapshot_every is None:
-        snapshot_every = max(1, round(steps / SNAPSHOTS_PER_RUN))
-    snapshots = steps // snapshot_every if snapshot_every else 0
+    # The training loop's own schedule (no snapshot at the last step: that is the export).
+    from ftbench.training.snapshots import snapshot_interval, snapshot_steps
+
+    snapshot_every, snapshots = snapshot_interval(cfg), len(snapshot_steps(cfg))
     gpu_dtype_bytes = 4 if cfg.run.dtype == "float32" else 2  # auto: bf16 on a GPU
     arms = {}
     for name, a in dry["arms"].items():

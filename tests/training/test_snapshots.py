@@ -102,3 +102,16 @@ def test_a_bfloat16_run_writes_its_snapshots_in_bfloat16(tmp_path):
         assert all(v.dtype == torch.bfloat16 for v in snap.values())
         assert _sha(path / "model.safetensors") == _sha(
             snapshot_dir(tmp_path / "reloaded" / arm, 2) / "model.safetensors")
+
+
+def test_the_dry_run_counts_the_snapshots_training_writes():
+    """150 steps every 25: snapshots at 25, 50, 75, 100, 125 (step 150 is the export)."""
+    from typer.testing import CliRunner
+
+    from ftbench.cli import app
+
+    out = CliRunner().invoke(app, ["train-pair", "--size", "toy", "--dry-run", "--json",
+                                   "--set", "run.snapshot_every=25"])
+    assert out.exit_code == 0, out.output
+    plan = json.loads(out.output)["compute_plan"]
+    assert plan["snapshots_per_arm"] == 5 and plan["snapshot_every"] == 25
