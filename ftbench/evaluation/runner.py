@@ -183,6 +183,29 @@ def _same_settings(old: dict, new: dict) -> bool:
 
 
 @contextmanager
+def without_lm_eval_environment_dump() -> Iterator[None]:
+    """lm-eval's simple_evaluate records `git describe` of the working directory (not
+    ftbench's commit; outside a checkout git prints "fatal: not a git repository") and
+    torch's collect_env report (seconds per call: it runs pip, nvidia-smi and more) into
+    result keys ftbench does not keep. The results file records ftbench's own commit and
+    library versions (git_state, library_versions); the scoring is untouched."""
+    import lm_eval.evaluator as evaluator
+
+    saved = {name: getattr(evaluator, name, None)
+             for name in ("get_git_commit_hash", "add_env_info")}
+    if None in saved.values():  # another lm-eval layout: leave it alone
+        yield
+        return
+    evaluator.get_git_commit_hash = lambda: git_state()["commit"]
+    evaluator.add_env_info = lambda storage: None
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(evaluator, name, fn)
+
+
+@contextmanager
 def rank_independent_prompts() -> Iterator[None]:
     """Few-shot prompts that do not depend on the number of ranks.
 
@@ -217,7 +240,8 @@ def lm_eval_result(lm, task: str, tasks: BuiltTasks, s: EvalSettings,
     # Every lm-eval seed follows the few-shot seed: `--seed` redraws Z only, so replicas
     # see the very same prompts (under any number of ranks: rank_independent_prompts).
     sharded = getattr(lm, "world_size", 1) > 1
-    with rank_independent_prompts() if sharded else nullcontext():
+    with rank_independent_prompts() if sharded else nullcontext(), \
+            without_lm_eval_environment_dump():
         res = lm_eval.simple_evaluate(
             model=lm, tasks=[task], task_manager=tasks.manager(),
             num_fewshot=LM_EVAL_TASKS[task].num_fewshot, limit=s.limit, log_samples=True,

@@ -299,6 +299,12 @@ def test_eval_output_is_one_bar_and_one_line_per_task(toy_pair_dir, tmp_path, da
         caplog.clear()
         return lines, printed
 
+    import lm_eval.evaluator
+
+    # Outside any git checkout, as a user's run folder may be: lm-eval's `git describe`
+    # would print git's "fatal: not a git repository" into the output.
+    monkeypatch.chdir(tmp_path)
+    git_hash_before = lm_eval.evaluator.get_git_commit_hash
     capfd.readouterr()
     bars_before = ds_logging.is_progress_bar_enabled()
     level_before = logging.getLogger("lm_eval").level
@@ -310,8 +316,10 @@ def test_eval_output_is_one_bar_and_one_line_per_task(toy_pair_dir, tmp_path, da
     # One bar, the task's own (the second protocol is replayed from stored scores: no bar).
     assert printed.count(" 0%|") == 1 and f"{label} loglikelihood" in printed, printed
     assert "Generating" not in printed and "Overwriting default num_fewshot" not in printed
+    assert "fatal" not in printed, printed
     # Everything is put back for the rest of the process.
     assert lm_eval.api.task.tqdm is tqdm.tqdm
+    assert lm_eval.evaluator.get_git_commit_hash is git_hash_before
     assert ds_logging.is_progress_bar_enabled() == bars_before
     assert logging.getLogger("lm_eval").level == level_before
 
