@@ -35,3 +35,31 @@ def test_an_items_choices_are_scored_on_one_context_when_cut(toy_cfg):
     alone = score_requests(free, [(ctx[-48:], short)], protocols=("posterior",), draws=3,
                            seed=1, amp=None)["posterior"][0]
     assert abs(alone.logp - got[0].logp) > 1e-6
+
+
+def test_requests_that_cannot_be_scored_are_refused_with_the_reason():
+    import pytest
+
+    with pytest.raises(ValueError, match="^a continuation needs at least one token$"):
+        truncate_contexts([([1, 2], [])], max_length=8)
+    with pytest.raises(ValueError, match=r"^a context needs at least one token \(use the "
+                                         r"EOT/prefix token\)$"):
+        truncate_contexts([([], [3])], max_length=8)
+    # 8 + 1 - 9 = 0 context tokens would remain; 8 + 1 - 8 = 1 is the least that scores.
+    with pytest.raises(ValueError, match="^continuation of 9 tokens does not fit "
+                                         "max_length 8$"):
+        truncate_contexts([([1], list(range(9)))], max_length=8)
+    assert truncate_contexts([([1, 2, 3], list(range(8)))], max_length=8) == [((3,), 2)]
+
+
+def test_tokens_are_compared_as_integers_and_no_cut_leaves_the_context_whole():
+    """Contexts arrive as tensors' items or ints: the same tokens are one context. A
+    context that fits is kept whole, with 0 dropped (not a negative count)."""
+    reqs = [(torch.tensor([4, 5, 6]).tolist(), [1]), ([4, 5, 6], [2, 3]),
+            ([torch.tensor(4), torch.tensor(5), torch.tensor(6)], [7])]
+    out = truncate_contexts(reqs, max_length=4)
+    # Longest continuation of that context: 2 tokens; keep 4 + 1 - 2 = 3 = all of it.
+    assert out == [((4, 5, 6), 0)] * 3
+    assert all(type(t) is int for t in out[2][0])
+    out = truncate_contexts(reqs, max_length=3)  # keep 2: drop 1, for every choice
+    assert out == [((5, 6), 1)] * 3
