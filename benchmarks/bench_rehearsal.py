@@ -10,8 +10,15 @@ throughput recipe compared option by option on its roofline.
    estimated tokens/s and peak memory per rank side by side. Per-block compile cannot run
    on fake tensors: its row is the most it could give, if fusion removed every block's
    memory-bound traffic (the part of the step that grows with depth outside matmuls).
+3. (--plan-table) The memory plan against the rehearsal's traced peak per rank, GiB, both
+   arms, at 2 layers, for the ladder's presets and 1.5b at 1 and 8 ranks (and 64 with
+   --worlds 1,8,64). At one rank the rehearsal shards over a group of one (FSDP2's bf16
+   policy), so its plan is the FSDP2 one; the plan `train-pair` uses on a single device
+   (plain autocast, no FSDP2) is printed beside it.
 
 Usage: python benchmarks/bench_rehearsal.py [--skip-full] [--gpu h100]
+       python benchmarks/bench_rehearsal.py --plan-table [--sizes 125m,350m,760m,1.5b]
+           [--worlds 1,8]
 """
 
 from __future__ import annotations
@@ -100,13 +107,70 @@ def recipes(gpu: str) -> list[dict]:
     return out
 
 
+def plan_table(sizes: list[str], worlds: list[int], layers: int = 2) -> list[dict]:
+    """Planned vs traced peak per rank for each size, world size and distinct arm."""
+    from ftbench.api import resolve_pair_config
+    from ftbench.doctor.rehearsal import rehearsal_config, rehearse, unique_arms
+    from ftbench.training.memory_plan import arm_memory
+
+    rows = []
+    print(f"\n## Memory plan vs rehearsal, GiB per rank, {layers} layers (gap: traced / plan - 1;"
+          f" negative: the plan is above the trace)")
+    print(f"{'size':6s} {'ranks':>5s} {'arm':18s} {'traced':>8s} {'plan':>8s} {'gap':>7s} "
+          f"{'phase':>15s} {'1-device plan':>14s}")
+    for size in sizes:
+        cfg = resolve_pair_config(None, size, [])
+        arms = {a.name: a for a in unique_arms(rehearsal_config(cfg, layers))}
+        for world in worlds:
+            t0 = time.perf_counter()
+            traced = rehearse(cfg, world, 1, (layers,))
+            for (name, _), t in traced.items():
+                if "error" in t:
+                    print(f"{size:6s} {world:5d} {name:18s} rehearsal failed: {t['error']}")
+                    continue
+                kw = dict(seq_len=t["seq_len"], micro_batch=t["micro_batch"],
+                          checkpointing=t["checkpointing"], bf16=True, device_type="cuda",
+                          fused_optimizer=t["fused_adamw"], grad_accum=t["grad_accum"])
+                plan = arm_memory(arms[name].model, t["arch"], world=t["shard_ranks"],
+                                  fsdp=True, **kw)
+                # What train-pair plans on one device: plain autocast, no FSDP2.
+                single = (arm_memory(arms[name].model, t["arch"], world=1, fsdp=False, **kw)
+                          if world == 1 else None)
+                got = t["memory"]["train_peak"]["total"]
+                row = {"size": size, "world": world, "arm": name, "traced_gib": got / GiB,
+                       "plan_gib": plan["peak_bytes"] / GiB, "gap": got / plan["peak_bytes"] - 1,
+                       "phase": plan["peak_phase"],
+                       "single_device_plan_gib": single["peak_bytes"] / GiB if single else None,
+                       "traced_by_category": t["memory"]["train_peak"]}
+                rows.append(row)
+                print(f"{size:6s} {world:5d} {name:18s} {row['traced_gib']:8.2f} "
+                      f"{row['plan_gib']:8.2f} {row['gap']:+7.1%} {row['phase']:>15s} "
+                      + (f"{row['single_device_plan_gib']:14.2f}" if single else f"{'':14s}"),
+                      flush=True)
+            print(f"{'':6s} {'':5s} (traced in {time.perf_counter() - t0:.0f} s)", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", default="h100")
     ap.add_argument("--skip-full", action="store_true", help="only the recipe comparison")
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--plan-table", action="store_true",
+                    help="only the memory plan vs the rehearsal's traced peaks")
+    ap.add_argument("--sizes", default="125m,350m,760m,1.5b")
+    ap.add_argument("--worlds", default="1,8")
     args = ap.parse_args()
     figures = {}
+    if args.plan_table:
+        figures["plan_table"] = plan_table(args.sizes.split(","),
+                                           [int(w) for w in args.worlds.split(",")])
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(figures, f, indent=1, default=str)
+            os.replace(tmp, args.json)
+        return
     if not args.skip_full:
         figures["full"] = full_depth(args.gpu)
     figures["recipes"] = recipes(args.gpu)

@@ -7,7 +7,8 @@ The model counts what is alive at each phase of a step, in bytes, and takes the 
 - forward and backward, on top: the units FSDP2 holds gathered (the root: embeddings,
   final norm, head; W_post's unit through the backward, see distributed.parallelize; two
   decoder blocks, the one computing and the one prefetched), in bf16 under FSDP2's
-  MixedPrecisionPolicy, which bf16 runs on several ranks use; on one device, plain bf16
+  MixedPrecisionPolicy, which bf16 runs on several ranks use, and the fp32 input of the
+  reduce-scatter of the block whose backward just finished; on one device, plain bf16
   autocast instead keeps a bf16 copy of every matmul weight for the backward.
   - head phase (the start of the backward): every activation that autograd saved, the
     fused head + cross-entropy's transient (one chunk's fp32 logits and the log-sum-exp's
@@ -29,8 +30,11 @@ for backward, with SDPA's flash kernel): the block input and its norm (2D), q an
 before and after RoPE (2D + 2Dkv), v (Dkv), the attention output and its contiguous
 copy for wo (2D), the residual sum and its norm (2D), and the SwiGLU's gate, up, SiLU
 and product (4F): 9D + 3Dkv + 4F. bf16 runs save them in 2 bytes, except the residual
-stream (block input, residual sum), which stays fp32 under plain autocast and is bf16
-under the MixedPrecisionPolicy. The encoder block saves about as much plus the norm of
+stream (block input, residual sum), which stays fp32 under plain autocast. Under the
+MixedPrecisionPolicy (FSDP2, bf16 stream) the plan follows what the rehearsal traces
+(ftbench doctor --simulate): each norm keeps fp32 internals, 10 bytes per element
+(_norm_saved), and attention keeps q and k after RoPE only: 2 x 10 D + 2 (3D + 2Dkv + 4F)
+bytes a block. The encoder block saves about as much plus the norm of
 its queries (D); the injection block saves X + R and its norm (2D) beyond a block; the
 encoder readout, its norm and input (2D). With activation checkpointing a block keeps
 its input only, and one block's activations are rebuilt at a time.
@@ -74,12 +78,31 @@ def usable_memory(device_memory: int, device_type: str = "cuda") -> int:
     return int(device_memory * 0.9)
 
 
-def _block_act(cfg: ModelConfig, a: int = 4, r: int | None = None) -> int:
+def _block_act(cfg: ModelConfig, a: int = 4, r: int | None = None,
+               mixed: bool = False) -> int:
     """Bytes a block saves per token: its input and residual sum at `r` bytes (the
-    residual stream's dtype), everything else at `a`."""
+    residual stream's dtype), everything else at `a`. `mixed`: FSDP2's bf16
+    MixedPrecisionPolicy, where each norm's fp32 internals dominate (see _norm_saved)."""
     D, Dkv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
     r = a if r is None else r
+    if mixed:
+        # Two norms (attention's, the SwiGLU's); attention keeps q and k after RoPE (the
+        # rotation's products save only the tables), v, the attention output and its
+        # contiguous copy for wo (3D + 2Dkv); the SwiGLU its gate, up, SiLU and product.
+        return 2 * _norm_saved(D, a) + (3 * D + 2 * Dkv + 4 * F) * a
     return 2 * D * r + (7 * D + 3 * Dkv + 4 * F) * a
+
+
+def _norm_saved(D: int, a: int) -> int:
+    """Bytes an RMSNorm of a bf16 stream keeps per token under the MixedPrecisionPolicy.
+    F.rms_norm computes in fp32: its backward keeps the input upcast to fp32 and the fp32
+    normalised product (4 + 4 bytes), and the matmul after it keeps its bf16 output (a);
+    the bf16 input itself is kept by no one (a residual add saves nothing). These fp32
+    internals are why counting a norm as a bf16 input and output (2a) is short: by 6 bytes
+    per element, two norms a block, and three more in the Free model (encoder readout,
+    the injection's X + R, the encoder's queries). A fused CUDA kernel that keeps only the
+    fp32 input and its rstd saves 4 bytes less: the plan errs high there."""
+    return (8 + a) * D
 
 
 def _block_params(cfg: ModelConfig) -> int:
@@ -98,14 +121,15 @@ def _selective_saved(cfg: ModelConfig, a: int, r: int) -> int:
 def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, world: int = 1,
                checkpointing: bool | str = False, bf16: bool = False,
                device_type: str = "cpu", fsdp: bool | None = None,
-               fused_optimizer: bool = True) -> dict:
+               fused_optimizer: bool = True, grad_accum: int = 1) -> dict:
     """Predicted peak bytes per rank of one training step of one arm, by component.
     `world`: the ranks each parameter is sharded over (all ranks, or one node's under
     HSDP). `fsdp`: whether FSDP2 wraps the model (default: on more than one rank).
     `checkpointing`: False/"none", True/"full" or "selective" (see
     ftbench.training.distributed.parallelize). `fused_optimizer`: AdamW's fused kernel,
     which updates in place (the foreach path needs a temporary the size of the
-    parameters)."""
+    parameters). `grad_accum`: micro-batches per step (run.grad_accum); from the second
+    on, the gradients of the earlier ones are alive through the forward and backward."""
     policy = {True: "full", False: "none"}.get(checkpointing, checkpointing)
     from ftbench.model.binary_mapper import MapperTiles
     from ftbench.model.linear_cross_entropy import chunk_tokens
@@ -127,12 +151,17 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     if sharded:
         root = cost.params_embedding + D
         post = cost.params_post_sampler + (cost.params_encoder - _block_params(cfg) if free else 0)
-        gathered = (2 if mixed else 4) * (root + post + 2 * _block_params(cfg))
+        # FSDP2 reduce-scatters a unit's gradients in fp32 (reduce_dtype) while the next
+        # block's backward runs: that unit's unsharded gradient, cast to fp32, is alive
+        # beside the next block's rebuilt activations (a decoder block's: the units of the
+        # block phase).
+        gathered = ((2 if mixed else 4) * (root + post + 2 * _block_params(cfg))
+                    + 4 * _block_params(cfg))
     # Plain autocast (bf16 on one device) keeps a bf16 copy of every matmul weight.
     autocast_copies = 2 * (P - cost.params_embedding - cost.params_post_sampler
                            + V * D) if bf16 and not mixed else 0.0
 
-    block = _block_act(cfg, a, r) * N
+    block = _block_act(cfg, a, r, mixed) * N
     if policy == "full":
         blocks_saved = (L + (1 if free else 0)) * D * N * r
         recompute = block
@@ -144,7 +173,20 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         blocks_saved = (L + (1 if free else 0)) * block
         recompute = 0.0
     free_extra = (cfg.d_model * 7 + H) * N * a if free else 0.0  # encoder q-norm, injection, readout
-    head_grad = 4 * V * D
+    if free and mixed:
+        # Alive from the forward to the decoder's backward, as the rehearsal traces them:
+        # the encoder readout's norm and the injection block's norm of X + R (fp32
+        # internals, _norm_saved), X + R itself (a), and the sampler's H-wide logits,
+        # log-sigmoids and bits (7 fp32 tensors). The encoder block's query norm is rebuilt
+        # with its block under checkpointing, after the decoder's backward; without
+        # checkpointing it is alive too.
+        norms = 3 if policy == "none" else 2
+        free_extra = (norms * _norm_saved(D, a) + D * a + 28 * H) * N
+    # The head's weight gradient until its unit reduce-scatters at the end of the backward:
+    # in the unsharded parameters' dtype, bf16 under the MixedPrecisionPolicy (the fp32
+    # copy for the reduction is made after the blocks' backward, when their activations
+    # are gone).
+    head_grad = (2 if mixed else 4) * V * D
     # The fused head + cross-entropy (ftbench.model.linear_cross_entropy) holds one chunk
     # at a time: its fp32 logits and the log-sum-exp's temporary (the low-precision logits
     # and gradient never coexist with both), plus the fp32 weight-gradient accumulator and
@@ -170,16 +212,24 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
             scratch += 2 * cost.params_post_sampler
         half = L // 2
         per_block = {"full": D * r, "selective": _selective_saved(cfg, a, r)}.get(
-            policy, _block_act(cfg, a, r))
+            policy, _block_act(cfg, a, r, mixed))
         acts_lower = (half + 1) * per_block * N
-        grads_upper = 4 * (L - half) * _block_params(cfg) / world + head_grad
+        # The upper blocks' gradients, reduced so far; when accumulating they are part
+        # of `accumulated` below.
+        grads_upper = (0 if grad_accum > 1 else 4 * (L - half) * _block_params(cfg) / world) \
+            + head_grad
         mapper_phase = acts_lower + free_extra + grads_upper + 4 * cost.params_post_sampler \
             + scratch
     # Gathered units and autocast's copies live from the forward through the backward;
     # by the optimiser step FSDP2 has resharded and autograd has let the copies go. AdamW's
     # foreach path over DTensors makes a temporary the size of the sharded parameters
     # (sqrt of the second moment); the fused kernel updates in place.
-    compute = gathered + autocast_copies
+    # With several micro-batches a step, each backward adds into the gradients of the
+    # ones before (FSDP2: the sharded gradients, 1/W; one device: every parameter's
+    # fp32 .grad), so from the second micro-batch on they are alive all through the
+    # forward and backward, not only at the optimiser step.
+    accumulated = grads if grad_accum > 1 else 0.0
+    compute = gathered + autocast_copies + accumulated
     foreach_temp = 4 * P / world if sharded and not fused_optimizer else 0.0
     phases = {"head": head_phase + compute, "block_backward": block_phase + compute,
               "mapper": mapper_phase + compute if free else 0.0,
@@ -188,29 +238,34 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     static = params + optimizer
     return {
         "arch": arch, "params": P, "world_size": world, "micro_batch": micro_batch,
-        "seq_len": seq_len, "checkpointing": policy, "bf16": bf16,
+        "seq_len": seq_len, "grad_accum": grad_accum, "checkpointing": policy, "bf16": bf16,
         "mixed_precision_policy": mixed,
         "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
                   "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
                   "activations": blocks_saved + free_extra + recompute,
                   "loss_transient": head_transient, "mapper_scratch": scratch,
-                  "adamw_temporary": foreach_temp},
+                  "adamw_temporary": foreach_temp, "accumulated_gradients": accumulated},
         "phases": phases, "peak_phase": peak_phase,
         "peak_bytes": int(static + phases[peak_phase]),
     }
 
 
-def _fits(cfg, arch, seq_len, b, world, ckpt, bf16, device_type, usable) -> bool:
+def _fits(cfg, arch, seq_len, b, world, ckpt, bf16, device_type, usable, per_rank=None) -> bool:
+    # Micro-batches of b sequences out of a rank's per_rank accumulate gradients.
+    accum = -(-per_rank // b) if per_rank else 1
     return arm_memory(cfg, arch, seq_len=seq_len, micro_batch=b, world=world,
-                      checkpointing=ckpt, bf16=bf16, device_type=device_type)["peak_bytes"] <= usable
+                      checkpointing=ckpt, bf16=bf16, device_type=device_type,
+                      grad_accum=accum)["peak_bytes"] <= usable
 
 
 def max_micro_batch(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *, world: int = 1,
                     checkpointing: bool = False, bf16: bool = False,
-                    device_type: str = "cuda") -> int:
-    """Largest per-device batch (sequences) whose predicted peak fits; 0 if none does."""
+                    device_type: str = "cuda", per_rank: int | None = None) -> int:
+    """Largest per-device batch (sequences) whose predicted peak fits; 0 if none does.
+    `per_rank`: the sequences a rank takes per step, when known: a smaller micro-batch
+    accumulates gradients, which the plan counts."""
     args = (cfg, arch, seq_len)
-    rest = (world, checkpointing, bf16, device_type, usable)
+    rest = (world, checkpointing, bf16, device_type, usable, per_rank)
     if not _fits(*args, 1, *rest):
         return 0
     lo, hi = 1, 2
@@ -225,10 +280,12 @@ def max_micro_batch(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *, w
 def gpus_needed(cfg: ModelConfig, arch: str, seq_len: int, usable: int, *,
                 checkpointing: bool, bf16: bool = True, limit: int = 4096) -> int | None:
     """Fewest ranks (1, 2, 4, 8, then multiples of 8) at which one sequence per device
-    fits; None if even `limit` does not (the unsharded parts alone are too large)."""
+    fits, accumulating gradients over micro-batches (a rank with one sequence a step needs
+    no more than that); None if even `limit` does not (the unsharded parts alone are too
+    large)."""
     worlds = [1, 2, 4] + list(range(8, limit + 1, 8))
     for w in worlds:
-        if _fits(cfg, arch, seq_len, 1, w, checkpointing, bf16, "cuda", usable):
+        if _fits(cfg, arch, seq_len, 1, w, checkpointing, bf16, "cuda", usable, 2):
             return w
     return None
 
@@ -257,7 +314,8 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
     if cfg.run.batch_size % world_size:
         raise ValueError(f"run.batch_size={cfg.run.batch_size} is not divisible by "
                          f"world_size={world_size}")
-    micro = max(1, cfg.run.batch_size // world_size // cfg.run.grad_accum)
+    per_rank = cfg.run.batch_size // world_size
+    micro = max(1, per_rank // cfg.run.grad_accum)
     shard = shard_ranks(world_size, ranks_per_node, cfg.run.shard_ranks)
     policy = cfg.run.checkpoint_policy
     mem = parse_memory(device_memory) if device_memory is not None else None
@@ -275,17 +333,18 @@ def memory_plan(cfg: PairConfig, world_size: int = 1, device_memory: int | str |
             est = arm_memory(arm.model, arm.arch, seq_len=T, micro_batch=micro,
                              world=shard, checkpointing=ckpt, bf16=bf16,
                              device_type=device_type, fsdp=world_size > 1,
-                             fused_optimizer=cfg.optim.fused)
+                             fused_optimizer=cfg.optim.fused, grad_accum=cfg.run.grad_accum)
             if usable is not None:
                 est["max_micro_batch"] = max_micro_batch(
                     arm.model, arm.arch, T, usable, world=shard, checkpointing=ckpt,
-                    bf16=bf16, device_type=device_type)
+                    bf16=bf16, device_type=device_type, per_rank=per_rank)
                 est["fits"] = est["peak_bytes"] <= usable
                 est["gpus_needed"] = gpus_needed(arm.model, arm.arch, T, usable,
                                                  checkpointing=ckpt, bf16=bf16)
                 est["one_sequence_bytes"] = arm_memory(
                     arm.model, arm.arch, seq_len=T, micro_batch=1, world=shard,
-                    checkpointing=ckpt, bf16=bf16, device_type=device_type)["peak_bytes"]
+                    checkpointing=ckpt, bf16=bf16, device_type=device_type,
+                    grad_accum=per_rank)["peak_bytes"]
             row[key] = est
         out["arms"][arm.name] = row
     return out
