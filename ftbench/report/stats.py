@@ -70,7 +70,8 @@ def _log_comb(m: int) -> np.ndarray:
 
 def _binom_logpmf(m: int, p: float) -> np.ndarray:
     i = np.arange(m + 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # 0 x log 0 (p = 0 or 1) is nan in the branch np.where discards: not worth a warning.
+    with np.errstate(invalid="ignore"):
         log_p = math.log(p) if p > 0 else -np.inf
         log_q = math.log1p(-p) if p < 1 else -np.inf
         return (_log_comb(m) + np.where(i > 0, i * log_p, 0.0)

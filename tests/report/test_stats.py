@@ -111,13 +111,16 @@ def test_no_cell_prints_an_interval_that_contradicts_its_mark():
         rate = rng.uniform(0.1, 0.9, 60)
         cases.append((rng.binomial(5, rate) / 5, rng.binomial(5, np.clip(rate + 0.08 * (t % 3), 0, 1)) / 5))
     seen = {True: 0, False: 0}
-    for base, other in cases:
-        r = compare(base.astype(float), other.astype(float), n_boot=400, seed=len(base))
-        lo, hi, ns = _printed(cell_text(Cell(float(other.mean()), r)))
-        excludes_zero = lo > 0 or hi < 0
-        assert excludes_zero != ns, (cell_text(Cell(float(other.mean()), r)), r)
-        assert (r.p_value < 0.05) == r.significant == excludes_zero, r
-        seen[excludes_zero] += 1
+    for i, (base, other) in enumerate(cases):
+        # Few resamples too: at 40 the 95 % interval is [min, max] of the differences, at
+        # 100 the cut (2.5 resamples a side) falls between two order statistics.
+        for n_boot in ((400,) if i < len(cases) - 150 else (40, 100, 400)):
+            r = compare(base.astype(float), other.astype(float), n_boot=n_boot, seed=len(base))
+            lo, hi, ns = _printed(cell_text(Cell(float(other.mean()), r)))
+            excludes_zero = lo > 0 or hi < 0
+            assert excludes_zero != ns, (cell_text(Cell(float(other.mean()), r)), r)
+            assert (r.p_value < 0.05) == r.significant == excludes_zero, r
+            seen[excludes_zero] += 1
     assert min(seen.values()) > 50  # both readings occur in the grid
 
 
@@ -289,3 +292,83 @@ def test_resamples_dropped_from_the_relative_interval_are_counted():
     sd = (8 / 27 * 19 / 27 / n_boot) ** 0.5
     assert abs(r.rel_dropped / n_boot - 8 / 27) < 4 * sd and r.n_boot == n_boot
     assert compare(np.ones(4), np.ones(4), n_boot=100).rel_dropped == 0
+
+
+# ---- the exact binomial pieces against scipy, edges included ------------------------------
+
+@pytest.mark.parametrize("m", [0, 1, 2, 7, 40, 1500])
+@pytest.mark.parametrize("p", [0.0, 1e-12, 0.03, 0.5, 0.91, 1.0])
+def test_binomial_pmf_and_tail_equal_scipy(m, p):
+    from scipy.stats import binom
+
+    from ftbench.report.stats import _binom_logpmf, _tail_le
+
+    import warnings
+
+    ks = np.arange(m + 1)
+    with warnings.catch_warnings():
+        # log 0 at p = 0 or 1 is expected, not something to print into a user's report run.
+        warnings.simplefilter("error")
+        ours = _binom_logpmf(m, p)
+    ref = binom.logpmf(ks, m, p)
+    assert np.array_equal(np.isneginf(ours), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    assert np.allclose(ours[finite], ref[finite], rtol=1e-10, atol=1e-10)
+    for k in sorted({-3, -1, 0, 1, m // 3, m // 2, m - 1, m, m + 2}):
+        assert abs(_tail_le(k, m, p) - binom.cdf(k, m, p)) < 1e-10, (k, m, p)
+
+
+def test_binomial_tail_is_a_probability_exactly_at_its_ends():
+    """Summed pmfs round to 1 +- a few ulps (e.g. m = 2: 0.9999999999999999; m = 10,
+    p = 0.01, k = 9: 1.0000000000000004). P(X <= m) is 1 and a tail never exceeds 1,
+    exactly: p-values of 1 and bounds of [0, 1] are printed as such."""
+    from ftbench.report.stats import _tail_le
+
+    for m in range(1, 60):
+        for p in (0.5, 0.3, 0.01, 1e-3):
+            assert _tail_le(m, m, p) == 1.0, (m, p)
+            assert all(_tail_le(k, m, p) <= 1.0 for k in range(m)), (m, p)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95, 0.99])
+@pytest.mark.parametrize("c,m", [(0, 1), (1, 1), (0, 9), (9, 9), (1, 9), (8, 9), (4, 9),
+                                 (0, 250), (250, 250), (117, 250), (3, 1200)])
+def test_clopper_pearson_equals_the_beta_quantiles(c, m, level):
+    # The exact interval by its closed form: Beta(a/2; c, m - c + 1) and
+    # Beta(1 - a/2; c + 1, m - c), with the bound at 0 (c = 0) or 1 (c = m).
+    from scipy.stats import beta
+
+    from ftbench.report.stats import clopper_pearson
+
+    a = 1 - level
+    lo = 0.0 if c == 0 else beta.ppf(a / 2, c, m - c + 1)
+    hi = 1.0 if c == m else beta.ppf(1 - a / 2, c + 1, m - c)
+    got = clopper_pearson(c, m, level)
+    assert abs(got[0] - lo) < 1e-9 and abs(got[1] - hi) < 1e-9, (got, (lo, hi))
+    if c == 0:
+        assert got[0] == 0.0  # by definition, not a bisection's 1e-16
+    if c == m:
+        assert got[1] == 1.0
+
+
+def test_one_discordant_item_gives_the_exact_interval_of_one_trial():
+    # Clopper-Pearson for 0 of 1 at 95 %: [0, 1 - 0.025] = [0, 0.975]; as a difference
+    # of means over n = 10 items: [(2 * 0 - 1) / 10, (2 * 0.975 - 1) / 10].
+    base = np.array([1.0] + [0.0] * 9)
+    r = compare(base, np.zeros(10), n_boot=100)
+    assert abs(r.ci_low + 0.1) < 1e-12 and abs(r.ci_high - 0.095) < 1e-9
+    assert r.p_value == 1.0
+
+
+def test_binary_arms_with_no_discordant_item_give_a_zero_interval_and_p_one():
+    base = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    r = compare(base, base.copy(), n_boot=100)
+    assert r.test == "mcnemar-exact"
+    assert (r.ci_low, r.ci_high, r.p_value, r.diff) == (0.0, 0.0, 1.0, 0.0)
+    assert not r.significant
+
+
+def test_a_baseline_of_zero_has_no_relative_gain_and_drops_no_resample():
+    r = compare(np.zeros(8), np.array([0.2, 0.4, 0.0, 0.6, 0.2, 0.0, 0.8, 0.2]), n_boot=200)
+    assert r.test == "paired-bootstrap"
+    assert (r.rel_gain, r.rel_ci_low, r.rel_ci_high, r.rel_dropped) == (None, None, None, 0)
