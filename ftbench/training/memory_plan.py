@@ -172,16 +172,29 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     else:
         blocks_saved = (L + (1 if free else 0)) * block
         recompute = 0.0
+    if mixed:
+        # Each block keeps its own bf16 copy of the rotary tables for the micro-batch
+        # (cos and sin, head_dim / 2 wide each) until its backward: at full depth a
+        # sixteenth of the checkpointed stream at head_dim D / 16.
+        blocks_saved += (L + (1 if free else 0)) * cfg.head_dim * N * a
     free_extra = (cfg.d_model * 7 + H) * N * a if free else 0.0  # encoder q-norm, injection, readout
+    injection_extra = 0.0
     if free and mixed:
         # Alive from the forward to the decoder's backward, as the rehearsal traces them:
-        # the encoder readout's norm and the injection block's norm of X + R (fp32
-        # internals, _norm_saved), X + R itself (a), and the sampler's H-wide logits,
-        # log-sigmoids and bits (7 fp32 tensors). The encoder block's query norm is rebuilt
-        # with its block under checkpointing, after the decoder's backward; without
-        # checkpointing it is alive too.
-        norms = 3 if policy == "none" else 2
+        # the encoder readout's norm (fp32 internals, _norm_saved), X + R for the
+        # injection's keys and values (a), and the sampler's H-wide logits, log-sigmoids
+        # and bits (7 fp32 tensors). The encoder block's query norm is rebuilt with its
+        # block under checkpointing, after the decoder's backward; without checkpointing
+        # it is alive too.
+        norms = 2 if policy == "none" else 1
         free_extra = (norms * _norm_saved(D, a) + D * a + 28 * H) * N
+        # The injection block's backward rebuilds one norm more (of X + R), but by then the
+        # upper blocks (L/2 - 1 of them) have let their saved inputs go: the larger of the
+        # two moments is the block phase's (the injection block's at 2 layers, the last
+        # block's at the presets' depths).
+        per_block = {"full": (D * r + cfg.head_dim * a) * N,
+                     "selective": _selective_saved(cfg, a, r) * N}.get(policy, block)
+        injection_extra = max(0.0, _norm_saved(D, a) * N - (L // 2 - 1) * per_block)
     # The head's weight gradient until its unit reduce-scatters at the end of the backward:
     # in the unsharded parameters' dtype, bf16 under the MixedPrecisionPolicy (the fp32
     # copy for the reduction is made after the blocks' backward, when their activations
@@ -196,7 +209,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     head_phase = blocks_saved + free_extra + head_transient + head_grad
     # A block's backward (rebuilt first under checkpointing): its saved activations, the
     # gradient of the residual stream and the SwiGLU's gradients (gate and up, 2F).
-    block_phase = (blocks_saved + free_extra + recompute + 2 * D * N * a
+    block_phase = (blocks_saved + free_extra + injection_extra + recompute + 2 * D * N * a
                    + 2 * cfg.ffn_hidden * N * a + head_grad)
 
     scratch = 0.0
@@ -242,7 +255,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         "mixed_precision_policy": mixed,
         "bytes": {"parameters": params, "gradients": grads, "optimizer": optimizer,
                   "fsdp_gathered": gathered, "autocast_weight_copies": autocast_copies,
-                  "activations": blocks_saved + free_extra + recompute,
+                  "activations": blocks_saved + free_extra + injection_extra + recompute,
                   "loss_transient": head_transient, "mapper_scratch": scratch,
                   "adamw_temporary": foreach_temp, "accumulated_gradients": accumulated},
         "phases": phases, "peak_phase": peak_phase,
