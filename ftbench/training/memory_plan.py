@@ -147,7 +147,7 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     params = 4 * P / world
     grads = 4 * P / world
     optimizer = 8 * P / world
-    gathered = 0.0
+    gathered = reduce_scatter = 0.0
     if sharded:
         root = cost.params_embedding + D
         post = cost.params_post_sampler + (cost.params_encoder - _block_params(cfg) if free else 0)
@@ -155,8 +155,8 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
         # block's backward runs: that unit's unsharded gradient, cast to fp32, is alive
         # beside the next block's rebuilt activations (a decoder block's: the units of the
         # block phase).
-        gathered = ((2 if mixed else 4) * (root + post + 2 * _block_params(cfg))
-                    + 4 * _block_params(cfg))
+        reduce_scatter = 4 * _block_params(cfg)
+        gathered = (2 if mixed else 4) * (root + post + 2 * _block_params(cfg)) + reduce_scatter
     # Plain autocast (bf16 on one device) keeps a bf16 copy of every matmul weight.
     autocast_copies = 2 * (P - cost.params_embedding - cost.params_post_sampler
                            + V * D) if bf16 and not mixed else 0.0
@@ -207,6 +207,15 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     c = min(N, chunk_tokens(V))
     head_transient = 8 * c * V + 4 * V * D + a * N * D
     head_phase = blocks_saved + free_extra + head_transient + head_grad
+    if bf16:
+        # In bf16 each chunk's weight gradient comes out of an fp32-output GEMM before it
+        # is added into the accumulator (4VD beside it, with the chunk's logits), and the
+        # backward scales the accumulator into a new fp32 tensor and casts that to the
+        # weight's dtype (4VD + 2VD beside it): the head's gradient is one of these.
+        head_transient = 4 * V * D + max(4 * V * D + 8 * c * V, 6 * V * D) + a * N * D
+        head_phase = blocks_saved + free_extra + head_transient
+        if mixed:  # the final norm's fp32 internals, until its backward
+            head_phase += _norm_saved(D, a) * N
     # A block's backward (rebuilt first under checkpointing): its saved activations, the
     # gradient of the residual stream and the SwiGLU's gradients (gate and up, 2F).
     block_phase = (blocks_saved + free_extra + injection_extra + recompute + 2 * D * N * a
@@ -244,7 +253,9 @@ def arm_memory(cfg: ModelConfig, arch: str, *, seq_len: int, micro_batch: int, w
     accumulated = grads if grad_accum > 1 else 0.0
     compute = gathered + autocast_copies + accumulated
     foreach_temp = 4 * P / world if sharded and not fused_optimizer else 0.0
-    phases = {"head": head_phase + compute, "block_backward": block_phase + compute,
+    # No block has finished its backward at the head: no reduce-scatter is in flight.
+    phases = {"head": head_phase + compute - reduce_scatter,
+              "block_backward": block_phase + compute,
               "mapper": mapper_phase + compute if free else 0.0,
               "optimizer": grads + foreach_temp}
     peak_phase = max(phases, key=phases.get)
