@@ -358,7 +358,8 @@ def test_checkpoints_fingerprinted_with_grad_accum_still_resume(tmp_path):
     run = dataclasses.asdict(cfg.run)
     for key in ("checkpoint_every", "eval_every", "val_batches", "out_dir", "compile",
                 "activation_checkpointing", "matched_control", "trackers", "timeout_minutes",
-                "checkpoint_policy", "shard_ranks"):  # the last two did not exist then
+                "checkpoint_policy", "shard_ranks", "snapshot_every"):  # the last three
+        # did not exist then
         run.pop(key)
     old = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
     meta_path = tmp_path / "a" / "checkpoints" / "step_00000003" / "meta.json"
