@@ -211,8 +211,8 @@ def test_prediction_holds_where_a_block_backward_is_the_peak():
 # rebuilds weigh as they do at 125m-760m. Each RMSNorm there keeps fp32 internals (its
 # input upcast and the normalised product, 8 bytes per element besides its bf16 output):
 # counted as a bf16 input and output instead, the plan falls 7.9 % (baseline) and 16.1 %
-# (Free) below the trace at this shape (the Free model has three norms more), so the plan
-# may not fall below the trace at all: a peak above the plan is an out-of-memory risk.
+# (Free: its readout and injection norms besides) below the trace at this shape, so the
+# plan may not fall below the trace at all: a peak above the plan is an out-of-memory risk.
 # Above it, the doctor's tolerance (10 %): the plan errs high by 6.3 / 7.3 % here (it
 # counts two gradients of the residual stream and two gathered blocks at every block's
 # backward; the trace's peak is the first block's, with one).
