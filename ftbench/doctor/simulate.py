@@ -74,7 +74,8 @@ def simulate(cfg, world: int, nodes: int = 1, gpu: str = "h100", layers: int | N
         plan = arm_memory(model_k, arch, seq_len=T, micro_batch=trace["micro_batch"],
                           world=trace["shard_ranks"], checkpointing=trace["checkpointing"],
                           bf16=True, device_type="cuda", fsdp=True,
-                          fused_optimizer=trace["fused_adamw"])
+                          fused_optimizer=trace["fused_adamw"],
+                          grad_accum=trace["grad_accum"])
         traced = trace["memory"]["train_peak"]["total"]
         gap = traced / plan["peak_bytes"] - 1
         rows.append(_row(
