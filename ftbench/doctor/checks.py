@@ -244,20 +244,6 @@ def check_fsdp_and_reshard(nproc: int) -> list[Row]:
     return rows
 
 
-def _matmul_peak_by_cpu_time(threads: int, n: int = 2048, repeats: int = 4) -> float:
-    """fp32 matmul FLOPs per second of CPU time spread over the threads: the peak that the
-    timed step's CPU-time MFU is a fraction of. A wall-clock peak taken while other jobs
-    hold the cores is too low, and the MFU against it then exceeds 100 %."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = time.process_time()
-        a @ b
-        best = min(best, (time.process_time() - c0) / threads)
-    return 2 * n**3 / best if best > 0 else float("nan")
-
-
 def timed_step(size: str, layers: int, batch: int, seq: int, steps: int) -> dict:
     """Interleaved training steps of both arms at `size` with `layers` layers: median
     step time, tokens/s, MFU, and the analytic FLOP ratio beside the measured time ratio."""
@@ -265,7 +251,7 @@ def timed_step(size: str, layers: int, batch: int, seq: int, steps: int) -> dict
     from ftbench.model.accounting import model_cost
     from ftbench.training.arms import pair_arms
     from ftbench.training.distributed import DistContext
-    from ftbench.training.hardware import load_average, peak_flops
+    from ftbench.training.hardware import _cpu_matmul_peak, load_average, peak_flops
     from ftbench.training.loop import (autocast_dtype, build_arm_model, forward_loss,
                                        make_optimizer)
 
@@ -303,7 +289,9 @@ def timed_step(size: str, layers: int, batch: int, seq: int, steps: int) -> dict
             cpu[name].append(time.process_time() - c0)
     peak = peak_flops(dev, amp)
     threads = torch.get_num_threads()
-    peak_cpu_time = _matmul_peak_by_cpu_time(threads) if dev.type == "cpu" else None
+    # A wall-clock peak taken while other jobs hold the cores is too low, and a CPU-time
+    # MFU against it exceeds 100 %: the CPU-time MFU takes a CPU-time peak.
+    peak_cpu_time = _cpu_matmul_peak(threads, cpu_time=True) if dev.type == "cpu" else None
     out = {"size": size, "layers": cfg.model.n_layers, "batch": batch, "seq": seq,
            "device": dev.type, "peak_flops": peak, "peak_flops_cpu_time": peak_cpu_time,
            "threads": threads,
